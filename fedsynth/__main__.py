@@ -1,0 +1,5 @@
+import sys
+
+from fedsynth.cli import main
+
+sys.exit(main())

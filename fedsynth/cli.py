@@ -1,0 +1,123 @@
+"""The ``fedsynth`` command line: parse, call ``common``/``simulation``/``server``, report errors.
+
+Every user-fixable problem is an ``InputError``: printed as one paragraph on stderr with exit
+code 2 and no traceback. Commands write their outputs atomically, so a failed command leaves
+nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from common.errors import InputError
+from fedsynth import __version__
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def cmd_sim_data(args: argparse.Namespace) -> int:
+    from simulation.hospitals import write_sim_data
+
+    paths = write_sim_data(Path(args.out), args.sites, args.records_per_site, args.seed)
+    print(f"Wrote {len(paths) - 1} simulated site file(s) and the schema to {args.out}:")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def cmd_schema_infer(args: argparse.Namespace) -> int:
+    from common.schema_infer import infer_schema
+
+    proposal = infer_schema(args.file, label=args.label, text=args.text, site=args.site,
+                            max_categories=args.max_categories)
+    sys.stdout.write(proposal.schema.to_yaml())
+    print(proposal.confirmation_notice(), file=sys.stderr)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from common.data import validate_file
+    from common.schema import Schema
+
+    schema = Schema.load(args.schema)
+    result = validate_file(args.file, schema)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if result.ok:
+        print(result.summary())
+        return 0
+    print(result.summary(), file=sys.stderr)
+    return 2
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from simulation.demo import run_demo
+
+    run_demo(out=Path(args.out), profile=args.profile, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedsynth",
+        description="Federated, differentially private synthetic ED trauma records.")
+    parser.add_argument("--version", action="version", version=f"fedsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="simulated hospitals through the whole pipeline")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--profile", choices=("quick", "full"), default="quick")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("sim-data", help="write simulated hospital data files and their schema")
+    sim.add_argument("--sites", type=_positive_int, required=True)
+    sim.add_argument("--records-per-site", type=_positive_int, required=True)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--out", required=True, help="output folder")
+    sim.set_defaults(func=cmd_sim_data)
+
+    schema = sub.add_parser("schema", help="schema tools")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    infer = schema_sub.add_parser("infer", help="propose a schema from a data file (prints YAML)")
+    infer.add_argument("file")
+    infer.add_argument("--label", help="the label column (mechanism)")
+    infer.add_argument("--text", help="the narrative column")
+    infer.add_argument("--site", help="the site (hospital) column")
+    infer.add_argument("--max-categories", type=_positive_int, default=60,
+                       help="at most this many distinct values makes a column categorical (60)")
+    infer.set_defaults(func=cmd_schema_infer)
+
+    val = sub.add_parser("validate", help="check a site's data file against the schema")
+    val.add_argument("--schema", required=True)
+    val.add_argument("file")
+    val.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        message = " ".join(str(exc).split()) if "\n" not in str(exc) else str(exc)
+        print(f"fedsynth {args.command}: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fedsynth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

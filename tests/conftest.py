@@ -1,0 +1,58 @@
+"""Shared fixtures: a small hand-written schema and a valid file for it."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from common.schema import Schema
+
+SMALL_SCHEMA = textwrap.dedent("""\
+    name: small
+    version: 1
+    columns:
+      - {name: case_id, type: text, role: identifier}
+      - {name: age, type: integer, min: 0, max: 105}
+      - {name: sbp, type: integer, min: 40, max: 250, nullable: true}
+      - {name: temp, type: float, min: 32, max: 42, nullable: true}
+      - {name: sex, type: categorical, categories: [F, M]}
+      - {name: alcohol, type: boolean, nullable: true}
+      - {name: seen, type: datetime, min: "2020-01-01", max: "2024-12-31"}
+      - name: mechanism
+        type: categorical
+        role: label
+        categories: [fall, cut_pierce, firearm]
+        synonyms: {fall: [fell, GLF]}
+      - {name: note, type: text, role: narrative}
+    """)
+
+GOOD_ROWS = [
+    "case_id,age,sbp,temp,sex,alcohol,seen,mechanism,note",
+    "a1,34,120,36.8,M,false,2021-03-04,fall,34YOM FELL",
+    "a2,7,,37.2,F,,2022-11-30,cut_pierce,7YOF LAC",
+    "a3,81,95,,F,true,2020-01-01,fall,81YOF GLF",
+]
+
+
+@pytest.fixture
+def schema_path(tmp_path: Path) -> Path:
+    path = tmp_path / "schema.yaml"
+    path.write_text(SMALL_SCHEMA)
+    return path
+
+
+@pytest.fixture
+def schema(schema_path: Path) -> Schema:
+    return Schema.load(schema_path)
+
+
+def write_csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def good_csv(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "site.csv", GOOD_ROWS)

@@ -1,0 +1,40 @@
+"""Build Flower instruction messages as the SuperLink would deliver them to a ClientApp."""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Message, Metadata, RecordDict
+
+
+def instruction(content: RecordDict, message_type: str, dst_node_id: int = 7,
+                run_id: int = 1) -> Message:
+    metadata = Metadata(run_id=run_id, message_id=f"msg-{time.monotonic_ns()}", src_node_id=1,
+                        dst_node_id=dst_node_id, reply_to_message_id="", group_id="",
+                        created_at=time.time(), ttl=3600.0, message_type=message_type)
+    return Message(content=content, metadata=metadata)
+
+
+class InProcessGrid:
+    """A Grid that delivers each message straight to a ClientApp, one node config per node.
+
+    Enough of Flower's Grid for server phases to be tested without a SuperLink.
+    """
+
+    def __init__(self, client_app, node_configs: dict[int, dict]) -> None:
+        from flwr.app import Context
+
+        self.client_app = client_app
+        self.contexts = {node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(),
+                                       run_config={}) for node, cfg in node_configs.items()}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            delivered = instruction(msg.content, msg.metadata.message_type, dst_node_id=node)
+            replies.append(self.client_app(delivered, self.contexts[node]))
+        return replies

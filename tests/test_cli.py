@@ -1,0 +1,67 @@
+"""The command line as a user runs it: exit codes, messages on stderr, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import GOOD_ROWS, write_csv
+
+
+def fedsynth(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedsynth", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_validate_ok_and_bad(tmp_path: Path, schema_path: Path, good_csv: Path) -> None:
+    ok = fedsynth("validate", "--schema", str(schema_path), str(good_csv))
+    assert ok.returncode == 0, ok.stderr
+    assert "valid (3 rows" in ok.stdout
+    bad = write_csv(tmp_path / "bad.csv", GOOD_ROWS + ["b1,300,120,36.8,Q,false,2021-03-04,fall,x"])
+    res = fedsynth("validate", "--schema", str(schema_path), str(bad))
+    assert res.returncode == 2
+    assert "row 4, column 'age', value '300'" in res.stderr
+    assert "row 4, column 'sex', value 'Q'" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_input_errors_exit_2_with_one_paragraph(tmp_path: Path, schema_path: Path) -> None:
+    for args in (["validate", "--schema", str(tmp_path / "none.yaml"), "x.csv"],
+                 ["validate", "--schema", str(schema_path), str(tmp_path / "none.csv")]):
+        res = fedsynth(*args)
+        assert res.returncode == 2
+        assert "Traceback" not in res.stderr
+        assert "not found" in res.stderr
+        assert res.stderr.strip().count("\n") == 0
+
+
+def test_schema_infer_proposes_a_loadable_schema(tmp_path: Path, good_csv: Path) -> None:
+    res = fedsynth("schema", "infer", str(good_csv), "--label", "mechanism", "--text", "note")
+    assert res.returncode == 0, res.stderr
+    proposed = yaml.safe_load(res.stdout)
+    by_name = {c["name"]: c for c in proposed["columns"]}
+    assert by_name["age"]["type"] == "integer" and by_name["age"]["max"] == 100  # 7..81 widened
+    assert by_name["temp"]["type"] == "float" and by_name["temp"].get("nullable")
+    assert by_name["mechanism"]["role"] == "label"
+    assert by_name["note"]["role"] == "narrative"
+    assert by_name["alcohol"]["type"] == "boolean"
+    assert by_name["seen"]["type"] == "datetime" and by_name["seen"]["min"] == "2020-01-01"
+    assert "PUBLIC" in res.stderr and "age: bounds [0, 100]" in res.stderr
+    assert by_name["case_id"]["role"] == "identifier"
+    schema_file = tmp_path / "proposed.yaml"
+    schema_file.write_text(res.stdout)
+    check = fedsynth("validate", "--schema", str(schema_file), str(good_csv))
+    assert check.returncode == 0, check.stderr
+
+
+def test_schema_infer_needs_a_known_label(good_csv: Path) -> None:
+    res = fedsynth("schema", "infer", str(good_csv), "--label", "nope")
+    assert res.returncode == 2 and "'nope'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_flag_value_is_a_usage_error(tmp_path: Path) -> None:
+    res = fedsynth("sim-data", "--sites", "0", "--records-per-site", "10", "--out", str(tmp_path))
+    assert res.returncode == 2 and "at least 1" in res.stderr

@@ -1,0 +1,60 @@
+"""The ClientApp's handshake handler, called directly with Flower Messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from client.client_app import app
+from common.schema import Schema
+from fedsynth import __version__
+from tests.conftest import GOOD_ROWS, write_csv
+from tests.flower_helpers import instruction
+
+
+def _call(node_config: dict, schema_hash: str, version: str = __version__) -> dict:
+    offer = ConfigRecord({"schema_hash": schema_hash, "version": version})
+    msg = instruction(RecordDict({"handshake": offer}), "query.handshake")
+    ctx = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+    reply = app(msg, ctx)
+    assert not reply.has_error(), reply.error
+    return dict(reply.content["handshake"])
+
+
+def _node_config(tmp_path: Path, data: Path, schema_path: Path, **extra) -> dict:
+    return {"site-name": "north", "data-path": str(data), "schema-path": str(schema_path),
+            "state-dir": str(tmp_path / "state"), **extra}
+
+
+def test_matching_site_is_accepted(tmp_path, schema_path, good_csv, schema: Schema) -> None:
+    answer = _call(_node_config(tmp_path, good_csv, schema_path), schema.hash)
+    assert answer == {"accepted": True, "reason": "ok", "site": "north", "version": __version__}
+
+
+def test_schema_mismatch_is_refused_with_reason(tmp_path, schema_path, good_csv) -> None:
+    answer = _call(_node_config(tmp_path, good_csv, schema_path), "0" * 64)
+    assert not answer["accepted"] and "schema mismatch" in answer["reason"]
+
+
+def test_version_mismatch_is_refused(tmp_path, schema_path, good_csv, schema) -> None:
+    answer = _call(_node_config(tmp_path, good_csv, schema_path), schema.hash, version="9.9.0")
+    assert not answer["accepted"] and "version mismatch" in answer["reason"]
+
+
+def test_bad_data_is_a_refusal_not_a_crash(tmp_path, schema_path, schema) -> None:
+    bad = write_csv(tmp_path / "bad.csv", GOOD_ROWS + ["b1,300,120,36.8,M,false,2021-03-04,fall,x"])
+    answer = _call(_node_config(tmp_path, bad, schema_path), schema.hash)
+    assert not answer["accepted"] and "failed validation" in answer["reason"]
+    # Cell values are patient data: the reply names the fact, never the rows or values.
+    assert "300" not in answer["reason"] and "row 4" not in answer["reason"]
+
+
+def test_site_can_ask_to_be_excluded(tmp_path, schema_path, good_csv, schema) -> None:
+    answer = _call(_node_config(tmp_path, good_csv, schema_path, exclude=True), schema.hash)
+    assert not answer["accepted"] and "excluded" in answer["reason"]
+
+
+def test_missing_node_config_is_a_refusal(schema) -> None:
+    answer = _call({}, schema.hash)
+    assert not answer["accepted"] and "--node-config" in answer["reason"]

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from client.client_app import app as client_app
+from server.handshake import QuorumError, run_handshake
+from tests.conftest import GOOD_ROWS, write_csv
+from tests.flower_helpers import InProcessGrid
+
+
+@pytest.fixture
+def grid(tmp_path, schema_path, good_csv, monkeypatch) -> InProcessGrid:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # The server builds instruction messages; outside a live run Flower has no run identity.
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+    other = tmp_path / "other.yaml"
+    other.write_text(schema_path.read_text().replace("max: 105", "max: 110"))
+    bad = write_csv(tmp_path / "bad.csv", GOOD_ROWS + ["b,300,120,36.8,M,false,2021-03-04,fall,x"])
+    base = {"state-dir": str(tmp_path / "state")}
+    return InProcessGrid(client_app, {
+        1: {**base, "site-name": "north", "data-path": str(good_csv), "schema-path": str(schema_path)},
+        2: {**base, "site-name": "south", "data-path": str(good_csv), "schema-path": str(other)},
+        3: {**base, "site-name": "east", "data-path": str(bad), "schema-path": str(schema_path)},
+    })
+
+
+def test_only_compatible_sites_pass(grid, schema, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="fedsynth.server"):
+        accepted = run_handshake(grid, schema, min_sites=1, timeout_s=5)
+    assert accepted == {1: "north"}
+    assert "south" in caplog.text and "schema mismatch" in caplog.text
+    assert "east" in caplog.text and "failed validation" in caplog.text
+
+
+def test_quorum_not_met_stops_cleanly(grid, schema) -> None:
+    with pytest.raises(QuorumError, match="only 1 site"):
+        run_handshake(grid, schema, min_sites=2, timeout_s=1)
