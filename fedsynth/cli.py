@@ -67,6 +67,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from common.certs import write_certificates
+
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    paths = write_certificates(Path(args.out), sites, hosts, days=args.days, force=args.force)
+    print(f"Wrote a CA, the SuperLink certificate for {', '.join(hosts)} and keys for "
+          f"{len(sites)} site(s) in {args.out}:")
+    for path in paths:
+        print(f"  {path}")
+    print("Give each site ca.crt and its own sites/NAME key; register sites/NAME.pub with "
+          "'flwr supernode register'. Keep ca.key offline.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsynth",
@@ -102,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--schema", required=True)
     val.add_argument("file")
     val.set_defaults(func=cmd_validate)
+
+    certs = sub.add_parser("certs", help="CA, SuperLink certificate and one key pair per site")
+    certs.add_argument("--out", required=True)
+    certs.add_argument("--sites", required=True, help="comma-separated site names")
+    certs.add_argument("--hosts", default="localhost,127.0.0.1",
+                       help="SuperLink host names/IPs for its certificate (default localhost,127.0.0.1)")
+    certs.add_argument("--days", type=_positive_int, default=825, help="validity in days (825)")
+    certs.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    certs.set_defaults(func=cmd_certs)
     return parser
 
 
