@@ -36,6 +36,7 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    stage.chmod(0o755)  # mkdtemp's 0700 would hide the outputs from their readers
     try:
         yield stage
     except BaseException:
