@@ -166,7 +166,7 @@ def parse_column(raw: pd.Series, col: Column) -> tuple[pd.Series, list[Problem]]
         problems.append(Problem(int(rows[i]), col.name, text.iloc[i], kind, reason))
 
     values: list[object] = [None] * len(text)
-    for i, (value, null) in enumerate(zip(text.tolist(), is_null.tolist())):
+    for i, (value, null) in enumerate(zip(text.tolist(), is_null.tolist(), strict=True)):
         if null:
             if not col.nullable and col.role not in ("identifier", "ignore"):
                 problems.append(Problem(int(rows[i]), col.name, None, "missing_value",

@@ -49,3 +49,27 @@ def staged_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(stage, out)
+
+
+def write_table(frame, path: str | Path) -> Path:
+    """Write a frame as CSV or Parquet (by suffix), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        atomic_write_text(path, frame.to_csv(index=False))
+        return path
+    if suffix in (".parquet", ".pq"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            frame.to_parquet(tmp, index=False)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+    from common.errors import InputError
+
+    raise InputError(f"{path}: unsupported output type '{suffix}'; use .csv or .parquet.")

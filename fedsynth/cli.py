@@ -67,6 +67,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from common.fileio import write_table
+    from common.synthesis import parse_conditions, synthesize
+
+    conditions = parse_conditions(args.condition)
+    frame = synthesize(args.model, args.n, conditions, seed=args.seed)
+    if not args.no_text:
+        print("note: narratives come with the narrative stage; these records are tabular only.",
+              file=sys.stderr)
+    write_table(frame, args.out)
+    print(f"Wrote {len(frame)} synthetic records to {args.out}"
+          + (f" (conditioned on {conditions})" if conditions else "") + ".")
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from common.certs import write_certificates
 
@@ -117,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--schema", required=True)
     val.add_argument("file")
     val.set_defaults(func=cmd_validate)
+
+    gen = sub.add_parser("generate", help="sample records from released global generators")
+    gen.add_argument("--model", required=True, help="a run's model/ folder")
+    gen.add_argument("--n", type=_positive_int, required=True, help="number of records")
+    gen.add_argument("--condition", action="append", default=[], metavar="COL=VALUE",
+                     help="fix a column's value (repeatable), e.g. mechanism=drowning")
+    gen.add_argument("--no-text", action="store_true", help="tabular records only, no narratives")
+    gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    gen.add_argument("--out", required=True, help="output .csv or .parquet file")
+    gen.set_defaults(func=cmd_generate)
 
     certs = sub.add_parser("certs", help="CA, SuperLink certificate and one key pair per site")
     certs.add_argument("--out", required=True)

@@ -1,0 +1,383 @@
+"""TabularSynthesizer: one facade over encoding, privacy budget, DP training and sampling.
+
+Local use: ``fit(df)`` then ``sample(n)``. Federated use (a site, one Flower round at a time):
+``plan(n_records, planned_steps)`` once for the whole run, ``release_label_counts(df)`` once,
+``train_steps(df, k)`` per round, ``get_weights()/set_weights()`` for aggregation, ``state_dict()``
+to survive a restart. ``save(dir)``/``load(dir)`` is the released-model format that
+``fedsynth generate --model DIR`` reads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.data import atomic_write_text, parse_column
+from common.encoding import TableEncoder
+from common.errors import InputError
+from common.privacy.accountant import PrivacyAccountant, default_delta
+from common.privacy.budget import PrivacyBudget
+from common.privacy.counts import counts_release, label_distribution, release_label_counts
+from common.privacy.ledger import Ledger, LedgerEntry
+from common.schema import Schema
+from common.tabular.base import TabularModel
+from common.tabular.trainer import Trainer, TrainSettings, resolve_device, sample_rate
+from fedsynth import __version__
+
+MODEL_CLASSES: dict[str, str] = {"vae": "common.tabular.vae:TabularVAE",
+                                 "ddpm": "common.tabular.ddpm:TabDDPM"}
+DEFAULT_CONFIG: dict[str, Any] = {
+    "batch_size": 256,        # expected Poisson batch; sampling rate = 1/ceil(n/batch_size)
+    "steps": 2000,            # optimizer steps of fit()
+    "lr": 1e-3,
+    "max_grad_norm": 1.0,     # per-sample clipping bound C
+    "counts_fraction": 0.1,   # share of epsilon spent on the noisy label counts
+    "max_draws_per_record": 200,  # rejection sampling gives up beyond this many candidates/record
+    "dp_seed": None,          # seeds DP sampling and noise; None = OS entropy (keep it so)
+    "model": {},              # keyword arguments of the model class
+}
+FILES = {"state": "tabular.pt", "schema": "schema.yaml", "meta": "tabular.json"}
+_SAMPLE_CHUNK = 4096
+
+
+class TabularSynthesizer:
+    """A conditional tabular generator of ``kind`` ("vae" or "ddpm") trained under
+    (``epsilon``, ``delta``)-DP, or without DP when ``epsilon`` is None (baselines).
+
+    ``ledger`` is where this site's spends are logged (a path, a Ledger, or None for memory only:
+    tests and benchmarks). ``seed`` fixes model initialisation (and batches when not private).
+    """
+
+    def __init__(self, schema: Schema, kind: str = "vae", epsilon: float | None = 3.0,
+                 delta: float | None = None, config: Mapping[str, Any] | None = None,
+                 device: str = "auto", seed: int = 0, ledger: str | Path | Ledger | None = None) -> None:
+        self.schema = schema
+        self.kind = kind
+        self.epsilon = None if epsilon is None else float(epsilon)
+        self.delta = delta
+        self.config = _resolve_config(config)
+        self.device = resolve_device(device)
+        self.seed = seed
+        self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+        self.encoder = TableEncoder(schema)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = _model_class(kind)(self.encoder.spans, self.encoder.n_classes,
+                                            **self.config["model"]).to(self.device)
+        self.budget: PrivacyBudget | None = None
+        self.label_counts: np.ndarray | None = None  # what sampling draws labels from
+        self._own_counts: np.ndarray | None = None  # this site's release, made once
+        self._saved_accountant: PrivacyAccountant | None = None  # from a loaded state
+        self._plan: dict[str, Any] | None = None
+        self._trainer: Trainer | None = None
+        self._pending_trainer_state: dict[str, Any] | None = None
+        self.local_loss: float | None = None  # last round's mean loss: not private, stays here
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon is not None
+
+    @property
+    def model_name(self) -> str:
+        """The name of this model's spends in the site's ledger."""
+        return f"tabular-{self.kind}"
+
+    # --- training -------------------------------------------------------------------------
+    def fit(self, df: pd.DataFrame) -> TabularSynthesizer:
+        """Noisy label counts, noise calibrated once for ``config['steps']``, then training."""
+        self.plan(len(df), self.config["steps"])
+        self.release_label_counts(df)
+        self.train_steps(df, self.config["steps"])
+        return self
+
+    def plan(self, n_records: int, planned_steps: int) -> float | None:
+        """Fix delta and calibrate the noise once for every step of every round (and the label
+        counts if not yet released). Returns the noise multiplier (None without DP)."""
+        if self._plan is not None:
+            if (self._plan["n_records"], self._plan["planned_steps"]) != (n_records, planned_steps):
+                raise InputError(f"the run is already planned for {self._plan['n_records']} records "
+                                 f"and {self._plan['planned_steps']} steps; the noise is calibrated "
+                                 f"once for the whole run. Keep the plan or start a new model.")
+            return self._plan["noise_multiplier"]
+        if n_records < 1 or planned_steps < 1:
+            raise InputError(f"plan needs at least one record and one step (got {n_records} "
+                             f"records, {planned_steps} steps).")
+        plan: dict[str, Any] = {"n_records": int(n_records), "planned_steps": int(planned_steps),
+                                "noise_multiplier": None, "counts_noise": None}
+        if self.private:
+            self.delta = self.delta if self.delta is not None else default_delta(n_records)
+            self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
+            counts = counts_release(self.config["counts_fraction"] * self.epsilon, self.delta)
+            reserved = [] if self._own_counts is not None else [counts]
+            q = sample_rate(n_records, self.config["batch_size"])
+            plan["counts_noise"] = counts[0]
+            plan["noise_multiplier"] = self.budget.calibrate(q, planned_steps, reserved)
+        self._plan = plan
+        return plan["noise_multiplier"]
+
+    def release_label_counts(self, df: pd.DataFrame, round: int | None = None) -> np.ndarray:
+        """The label counts that may leave the site: DP (charged once) when private, exact
+        otherwise. Later calls return the same release; fresh noise would cost budget again."""
+        if self._own_counts is None:
+            _, y = self.encoder.encode(df)
+            if self.private:
+                self._require_plan()
+                rng = np.random.default_rng(self.config["dp_seed"])
+                self._own_counts = release_label_counts(y, self.encoder.n_classes, self.budget,
+                                                        self._plan["counts_noise"], rng, round)
+            else:
+                self._own_counts = np.bincount(y, minlength=self.encoder.n_classes).astype(float)
+            self.label_counts = self._own_counts
+        return self._own_counts.copy()
+
+    def set_label_counts(self, counts: np.ndarray | list[float]) -> None:
+        """Install (aggregated) label counts, e.g. the sum of the sites' releases at the server."""
+        counts = np.asarray(counts, dtype=np.float64)
+        if counts.shape != (self.encoder.n_classes,):
+            raise ValueError(f"expected {self.encoder.n_classes} counts, got shape {counts.shape}")
+        self.label_counts = counts
+
+    def train_steps(self, df: pd.DataFrame, k: int, round: int | None = None) -> float | None:
+        """Exactly ``k`` local steps; refuses, training nothing, if they would exceed the budget.
+        Returns epsilon spent so far (None without DP)."""
+        x, y = self.encoder.encode(df)
+        if self._plan is None and not self.private:
+            self.plan(len(x), k)
+        self._require_plan()
+        if len(x) != self._plan["n_records"]:
+            raise InputError(f"the run was planned for {self._plan['n_records']} records but the data "
+                             f"has {len(x)}; train every round on the same training split.")
+        if self._trainer is None:
+            self._trainer = self._new_trainer(x, y)
+        self.local_loss = self._trainer.train_steps(k, round=round)
+        return self.epsilon_spent()
+
+    def _new_trainer(self, x: np.ndarray, y: np.ndarray) -> Trainer:
+        settings = TrainSettings(batch_size=self.config["batch_size"], lr=self.config["lr"],
+                                 max_grad_norm=self.config["max_grad_norm"])
+        trainer = Trainer(self.model, x, y, settings, noise_multiplier=self._plan["noise_multiplier"],
+                          budget=self.budget, device=str(self.device),
+                          seed=self.config["dp_seed"] if self.private else self.seed)
+        if self._pending_trainer_state is not None:
+            trainer.load_state_dict(self._pending_trainer_state)
+            self._pending_trainer_state = None
+        return trainer
+
+    def _require_plan(self) -> None:
+        """Before any release: a plan, and a budget whose accountant is rebuilt from the ledger
+        (checked against a loaded checkpoint, so a lost ledger cannot reset the spend)."""
+        if self._plan is None:
+            raise InputError("no privacy plan yet: call plan(n_records, planned_steps) with the steps "
+                             "of all rounds before the first release (fit() does it for you).")
+        if self.private and self.budget is None:
+            self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
+            if self._saved_accountant is not None:
+                self.budget.check_restored(self._saved_accountant.history)
+
+    def epsilon_spent(self) -> float | None:
+        if not self.private:
+            return None
+        if self.budget is not None:
+            return self.budget.spent()
+        return 0.0 if self._saved_accountant is None else self._saved_accountant.epsilon(self.delta)
+
+    # --- federated weights ----------------------------------------------------------------
+    def get_weights(self) -> list[np.ndarray]:
+        return [t.detach().cpu().numpy().copy() for t in self.model.state_dict().values()]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        state = self.model.state_dict()
+        if len(weights) != len(state):
+            raise ValueError(f"expected {len(state)} arrays, got {len(weights)}")
+        new = {}
+        for (name, old), array in zip(state.items(), weights, strict=True):
+            if tuple(np.shape(array)) != tuple(old.shape):
+                raise ValueError(f"{name}: expected shape {tuple(old.shape)}, got {np.shape(array)}")
+            new[name] = torch.as_tensor(np.asarray(array), dtype=old.dtype)
+        self.model.load_state_dict(new)
+
+    # --- sampling -------------------------------------------------------------------------
+    def sample(self, n: int, conditions: Mapping[str, Any] | None = None,
+               seed: int | None = None) -> pd.DataFrame:
+        """``n`` synthetic records (modeled columns, schema order). A label condition is direct;
+        other conditions are met by rejection sampling within a bounded number of draws."""
+        if n < 1:
+            raise InputError(f"the number of records to sample must be at least 1 (got {n}).")
+        wanted = self._parse_conditions(conditions or {})
+        label_value = wanted.pop(self.schema.label.name, None)
+        seed = secrets.randbits(63) if seed is None else seed
+        rng = np.random.default_rng(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        probs = label_distribution(self.label_counts if self.label_counts is not None
+                                   else np.ones(self.encoder.n_classes))
+        fixed = None if label_value is None else self.encoder.classes.index(label_value)
+        max_draws, drawn, have, kept = n * self.config["max_draws_per_record"], 0, 0, []
+        self.model.eval()
+        while have < n:
+            if drawn >= max_draws:
+                raise InputError(_too_rare(conditions, n, have, drawn))
+            acceptance = max(have, 1) / drawn if drawn else 1.0
+            size = min(_SAMPLE_CHUNK, max_draws - drawn, int(np.ceil(1.1 * (n - have) / acceptance)))
+            y = (np.full(size, fixed) if fixed is not None
+                 else rng.choice(self.encoder.n_classes, size=size, p=probs))
+            x = self.model.sample(torch.as_tensor(y, device=self.device), generator)
+            frame = self.encoder.decode(x.detach().cpu().numpy(), y)
+            kept.append(frame[_matches(frame, wanted)])
+            drawn, have = drawn + size, have + len(kept[-1])
+        return pd.concat(kept, ignore_index=True).iloc[:n].reset_index(drop=True)
+
+    def _parse_conditions(self, conditions: Mapping[str, Any]) -> dict[str, Any]:
+        """Each condition parsed by its column's type, as a data file's cell would be."""
+        modeled = [c.name for c in self.schema.modeled_columns]
+        parsed = {}
+        for name, value in conditions.items():
+            if name not in modeled:
+                raise InputError(f"unknown condition column '{name}'; conditions may name the "
+                                 f"modeled columns {modeled}.")
+            col = self.schema[name]
+            series, problems = parse_column(pd.Series([None if value is None else str(value)]), col)
+            if problems:
+                allowed = (list(col.categories) if col.categories else ["true", "false"]
+                           if col.type == "boolean" else f"[{col.min}, {col.max}]")
+                raise InputError(f"condition {name}={value!r}: {problems[0].reason}; allowed "
+                                 f"values: {allowed}.")
+            parsed[name] = series.iloc[0]
+        return parsed
+
+    # --- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue at this site, or to sample: weights, counts, plan,
+        optimizer, and the accountant history (checked against the ledger on load)."""
+        trainer = (self._trainer.state_dict() if self._trainer is not None
+                   else self._pending_trainer_state)
+        accountant = self.budget.accountant if self.budget is not None else self._saved_accountant
+        return {
+            "kind": self.kind, "epsilon": self.epsilon, "delta": self.delta, "seed": self.seed,
+            "config": self.config, "model": self.model.state_dict(),
+            "label_counts": _as_list(self.label_counts), "own_counts": _as_list(self._own_counts),
+            "plan": self._plan, "trainer": trainer,
+            "accountant": None if accountant is None else accountant.to_dict(),
+            "ledger": ([asdict(e) for e in self.ledger.read()] if self.ledger.path is None
+                       else None),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore into a synthesizer that has not trained yet (training hooks are attached once)."""
+        if self._trainer is not None:
+            raise RuntimeError("load_state_dict needs a synthesizer that has not trained; build a "
+                               "fresh one (or use TabularSynthesizer.load)")
+        if (state["kind"], state["config"]) != (self.kind, self.config):
+            raise InputError(f"the saved state is a {state['kind']!r} generator with config "
+                             f"{state['config']}; build the synthesizer with the same kind and "
+                             f"config (or use TabularSynthesizer.load).")
+        self.model.load_state_dict(state["model"])
+        self.epsilon, self.delta = state["epsilon"], state["delta"]
+        self.label_counts, self._own_counts = (_as_array(state["label_counts"]),
+                                               _as_array(state["own_counts"]))
+        self._plan = None if state["plan"] is None else dict(state["plan"])
+        self._pending_trainer_state = state["trainer"]
+        self._saved_accountant = (None if state["accountant"] is None
+                                  else PrivacyAccountant.from_dict(state["accountant"]))
+        self.budget = None
+        if state["ledger"] is not None and self.ledger.path is None and not self.ledger.read():
+            for entry in state["ledger"]:
+                self.ledger.append(LedgerEntry(**entry))
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``tabular.pt`` (state), ``schema.yaml`` and ``tabular.json`` (kind, config,
+        budget, version, schema hash) into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save(self.state_dict(), folder / FILES["state"])
+        atomic_write_text(folder / FILES["schema"], self.schema.to_yaml())
+        meta = {"kind": self.kind, "config": self.config, "epsilon": self.epsilon,
+                "delta": self.delta, "epsilon_spent": self.epsilon_spent(),
+                "fedsynth_version": __version__, "schema_hash": self.schema.hash}
+        atomic_write_text(folder / FILES["meta"], json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "auto",
+             ledger: str | Path | Ledger | None = None) -> TabularSynthesizer:
+        folder = Path(folder)
+        missing = [name for name in FILES.values() if not (folder / name).is_file()]
+        if missing:
+            raise InputError(f"{folder}: not a saved tabular model (missing {missing}); pass the "
+                             f"model folder written by a run (e.g. runs/demo/model).")
+        meta = json.loads((folder / FILES["meta"]).read_text(encoding="utf-8"))
+        schema = Schema.load(folder / FILES["schema"])
+        if schema.hash != meta["schema_hash"]:
+            raise InputError(f"{folder / FILES['schema']} does not match the schema the model was "
+                             f"trained with (hash differs); restore the original schema.yaml.")
+        state = torch.load(folder / FILES["state"], map_location="cpu", weights_only=True)
+        synth = cls(schema, kind=meta["kind"], epsilon=meta["epsilon"], delta=meta["delta"],
+                    config=meta["config"], device=device, seed=state["seed"], ledger=ledger)
+        synth.load_state_dict(state)
+        return synth
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """Like ``atomic_write_text``: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _as_list(array: np.ndarray | None) -> list[float] | None:
+    return None if array is None else array.tolist()
+
+
+def _as_array(values: list[float] | None) -> np.ndarray | None:
+    return None if values is None else np.asarray(values, dtype=np.float64)
+
+
+def _resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise InputError(f"unknown tabular config key(s) {unknown}; allowed: {sorted(DEFAULT_CONFIG)}.")
+    resolved = {**DEFAULT_CONFIG, **config}
+    if not 0 < resolved["counts_fraction"] < 1:
+        raise InputError(f"counts_fraction must lie in (0, 1), got {resolved['counts_fraction']}.")
+    try:  # the config is saved in tabular.json: JSON types only (tuples become lists)
+        return json.loads(json.dumps(resolved))
+    except TypeError as exc:
+        raise InputError(f"the tabular config must hold plain values (numbers, strings, lists, "
+                         f"mappings): {exc}.") from None
+
+
+def _model_class(kind: str) -> type[TabularModel]:
+    if kind not in MODEL_CLASSES:
+        raise InputError(f"unknown generator {kind!r}; use one of {sorted(MODEL_CLASSES)}.")
+    module, name = MODEL_CLASSES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _matches(frame: pd.DataFrame, wanted: Mapping[str, Any]) -> np.ndarray:
+    keep = np.ones(len(frame), dtype=bool)
+    for name, value in wanted.items():
+        column = frame[name]
+        keep &= (column.isna() if pd.isna(value) else (column == value).fillna(False)).to_numpy(bool)
+    return keep
+
+
+def _too_rare(conditions: Mapping[str, Any], n: int, found: int, drawn: int) -> str:
+    return (f"conditions {dict(conditions)} are too rare for this model: {found} of {n} records "
+            f"matched after {drawn} draws. Fix: condition on the label column (sampled directly), "
+            f"relax the conditions, or ask for fewer records.")
