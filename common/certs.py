@@ -69,7 +69,7 @@ def write_certificates(out: Path, sites: list[str], hosts: list[str], days: int 
     if out.exists() and any(out.iterdir()) and not force:
         raise InputError(f"{out}: the folder is not empty; certificates and keys are never "
                          f"overwritten silently. Choose a new folder or pass --force.")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     validity = (now - dt.timedelta(minutes=5), now + dt.timedelta(days=days))
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_cert = (x509.CertificateBuilder().subject_name(_name("fedsynth CA")).issuer_name(_name("fedsynth CA"))
