@@ -1,48 +1,102 @@
-"""The hospital's ClientApp: thin handlers that read the site's own files and call ``common``."""
+"""The hospital's ClientApp: thin handlers that read the site's own files and call ``client.task``.
+
+Every reply carries only what may leave a site: a handshake verdict, DP label counts, DP model
+updates with the epsilon spent. Problems with the site's own data or budget become error replies
+(details in the site's log), never a crash of the federation.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.site_config import SiteConfig
+from client.task import SiteTask
 from common.data import load_site_data
-from common.errors import DataError, InputError
+from common.errors import BudgetExceededError, DataError, InputError
 from common.handshake import HandshakeResult, check_compatibility
+from common.run_plan import RunPlan
 from common.schema import Schema
 from fedsynth import __version__
 
 log = logging.getLogger("fedsynth.client")
-app = ClientApp()
+SiteResolver = Callable[[Context], SiteConfig]
+ERROR_BAD_DATA, ERROR_BUDGET, ERROR_INPUT = 4001, 4002, 4003
+_BAD_DATA = ("the site's data file failed validation against the schema; the site's log lists "
+             "the rows, columns and fixes")
 
 
-@app.query("handshake")
-def handshake(msg: Message, context: Context) -> Message:
-    """Compare schema hash and version, and check the site's data file, before any training."""
-    offer = msg.content["handshake"]
-    try:
-        site = SiteConfig.from_node_config(context.node_config)
-        if site.exclude:
-            result = HandshakeResult(False, "site asked to be excluded (node config exclude=true)")
-        else:
-            schema = Schema.load(site.schema_path)
-            result = check_compatibility(schema.hash, __version__, str(offer["schema_hash"]),
-                                         str(offer["version"]))
-            if result.accepted:
-                load_site_data(site.data_path, schema, bad_rows=site.bad_rows,
-                               quarantine_path=site.state_dir / "quarantine.csv")
-        name = site.name
-    except DataError as exc:
-        # Cell values are patient data: the details stay in the site's log, only the fact travels.
-        log.error("%s", exc)
-        result = HandshakeResult(False, "the site's data file failed validation against the schema; "
-                                        "the site's log lists the rows, columns and fixes")
-        name = site.name
-    except InputError as exc:
-        # Bad local data or settings exclude this site; they never crash the federation.
-        result, name = HandshakeResult(False, " ".join(str(exc).split())), str(context.node_id)
-    reply = ConfigRecord({"accepted": result.accepted, "reason": result.reason, "site": name,
-                          "version": __version__})
-    return Message(RecordDict({"handshake": reply}), reply_to=msg)
+def _error_reply(msg: Message, exc: InputError) -> Message:
+    """An error reply that names the problem but carries no cell of the site's data."""
+    log.error("%s", exc)
+    if isinstance(exc, DataError):
+        return Message(Error(code=ERROR_BAD_DATA, reason=_BAD_DATA), reply_to=msg)
+    code = ERROR_BUDGET if isinstance(exc, BudgetExceededError) else ERROR_INPUT
+    return Message(Error(code=code, reason=" ".join(str(exc).split())), reply_to=msg)
+
+
+def make_client_app(resolve_site: SiteResolver) -> ClientApp:
+    """A ClientApp whose site settings come from ``resolve_site`` (node config, or a simulation)."""
+    app = ClientApp()
+
+    @app.query("handshake")
+    def handshake(msg: Message, context: Context) -> Message:
+        """Compare schema hash and version, and check the site's data file, before any training."""
+        offer = msg.content["handshake"]
+        name = str(context.node_id)
+        try:
+            site = resolve_site(context)
+            name = site.name
+            if site.exclude:
+                result = HandshakeResult(False, "site asked to be excluded (node config exclude=true)")
+            else:
+                schema = Schema.load(site.schema_path)
+                result = check_compatibility(schema.hash, __version__, str(offer["schema_hash"]),
+                                             str(offer["version"]))
+                if result.accepted:
+                    load_site_data(site.data_path, schema, bad_rows=site.bad_rows,
+                                   quarantine_path=site.state_dir / "quarantine.csv")
+        except DataError as exc:
+            log.error("%s", exc)
+            result = HandshakeResult(False, _BAD_DATA)
+        except InputError as exc:
+            result = HandshakeResult(False, " ".join(str(exc).split()))
+        reply = ConfigRecord({"accepted": result.accepted, "reason": result.reason, "site": name,
+                              "version": __version__})
+        return Message(RecordDict({"handshake": reply}), reply_to=msg)
+
+    @app.query("label_counts")
+    def label_counts(msg: Message, context: Context) -> Message:
+        """DP label counts of the site's train split, charged to its budget before they leave."""
+        try:
+            task = SiteTask(resolve_site(context), RunPlan.from_config(msg.content["plan"]))
+            counts = task.label_counts()
+            epsilon = task.epsilon_spent()
+        except InputError as exc:
+            return _error_reply(msg, exc)
+        content = RecordDict({"counts": MetricRecord({"counts": [float(c) for c in counts]}),
+                              "privacy": MetricRecord({"epsilon": epsilon})})
+        return Message(content, reply_to=msg)
+
+    def train(msg: Message, context: Context) -> Message:
+        """One round of local DP-SGD from the global weights."""
+        try:
+            plan = RunPlan.from_config(msg.content["plan"])
+            task = SiteTask(resolve_site(context), plan)
+            round_ = int(msg.content["round"]["round"])
+            weights, epsilon = task.train_round(round_, msg.content["weights"].to_numpy_ndarrays())
+        except InputError as exc:
+            return _error_reply(msg, exc)
+        content = RecordDict({"weights": ArrayRecord(weights),
+                              "privacy": MetricRecord({"epsilon": epsilon, "round": round_})})
+        return Message(content, reply_to=msg)
+
+    app.train("vae")(train)
+    app.train("ddpm")(train)
+    return app
+
+
+app = make_client_app(lambda context: SiteConfig.from_node_config(context.node_config))

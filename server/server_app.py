@@ -1,23 +1,42 @@
-"""The coordinator's ServerApp: the phases of a run, driven by ``run_config``."""
+"""The coordinator's ServerApp: the phases of a run (``server.federation``), settings from
+``run_config`` in a deployment or handed over by the local simulation."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from flwr.app import Context
+from flwr.common.logger import console_handler
 from flwr.serverapp import Grid, ServerApp
 
-from common.schema import Schema
-from server.handshake import run_handshake
+from common.errors import InputError
+from server.federation import FederationSettings, run_federation
+from server.handshake import QuorumError
+from server.settings import settings_from_run_config
 
 log = logging.getLogger("fedsynth.server")
-app = ServerApp()
+SettingsResolver = Callable[[Context], FederationSettings]
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    config = context.run_config
-    schema = Schema.load(str(config["schema-path"]))
-    accepted = run_handshake(grid, schema, min_sites=int(config.get("min-sites", 1)),
-                             timeout_s=float(config.get("handshake-timeout-s", 120)))
-    log.info("handshake: %d site(s) accepted: %s", len(accepted), sorted(accepted.values()))
+def make_server_app(resolve_settings: SettingsResolver) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        # `flwr log` shows only what Flower's console handler prints; send fedsynth's lines there.
+        logging.getLogger("fedsynth").addHandler(console_handler)
+        logging.getLogger("fedsynth").setLevel(logging.INFO)
+        try:
+            settings = resolve_settings(context)
+            result = run_federation(grid, settings)
+        except (InputError, QuorumError) as exc:
+            log.error("run stopped: %s", exc)
+            raise
+        log.info("run finished: %d site(s) %s; global model in %s", len(result.sites),
+                 result.sites, result.model_dir)
+
+    return app
+
+
+app = make_server_app(lambda context: settings_from_run_config(context.run_config))

@@ -56,3 +56,13 @@ def write_csv(path: Path, rows: list[str]) -> Path:
 @pytest.fixture
 def good_csv(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "site.csv", GOOD_ROWS)
+
+
+@pytest.fixture
+def server_identity(monkeypatch):
+    """Outside a live run Flower has no task identity; server-side code needs one to build messages."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)

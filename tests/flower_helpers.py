@@ -8,9 +8,9 @@ from flwr.app import Message, Metadata, RecordDict
 
 
 def instruction(content: RecordDict, message_type: str, dst_node_id: int = 7,
-                run_id: int = 1) -> Message:
+                run_id: int = 1, group_id: str = "") -> Message:
     metadata = Metadata(run_id=run_id, message_id=f"msg-{time.monotonic_ns()}", src_node_id=1,
-                        dst_node_id=dst_node_id, reply_to_message_id="", group_id="",
+                        dst_node_id=dst_node_id, reply_to_message_id="", group_id=group_id,
                         created_at=time.time(), ttl=3600.0, message_type=message_type)
     return Message(content=content, metadata=metadata)
 
@@ -21,10 +21,12 @@ class InProcessGrid:
     Enough of Flower's Grid for server phases to be tested without a SuperLink.
     """
 
-    def __init__(self, client_app, node_configs: dict[int, dict]) -> None:
+    def __init__(self, client_app, node_configs: dict[int, dict], tamper=None) -> None:
         from flwr.app import Context
 
         self.client_app = client_app
+        self.tamper = tamper  # optional (node, reply) -> reply, to craft bad replies
+        self.sent: list[str] = []
         self.contexts = {node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(),
                                        run_config={}) for node, cfg in node_configs.items()}
 
@@ -35,6 +37,9 @@ class InProcessGrid:
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id
-            delivered = instruction(msg.content, msg.metadata.message_type, dst_node_id=node)
-            replies.append(self.client_app(delivered, self.contexts[node]))
+            delivered = instruction(msg.content, msg.metadata.message_type, dst_node_id=node,
+                                    group_id=msg.metadata.group_id)
+            self.sent.append(f"{msg.metadata.message_type}:{msg.metadata.group_id}:{node}")
+            reply = self.client_app(delivered, self.contexts[node])
+            replies.append(self.tamper(node, reply) if self.tamper else reply)
         return replies

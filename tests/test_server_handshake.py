@@ -11,13 +11,7 @@ from tests.flower_helpers import InProcessGrid
 
 
 @pytest.fixture
-def grid(tmp_path, schema_path, good_csv, monkeypatch) -> InProcessGrid:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    # The server builds instruction messages; outside a live run Flower has no run identity.
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+def grid(tmp_path, schema_path, good_csv, server_identity) -> InProcessGrid:
     other = tmp_path / "other.yaml"
     other.write_text(schema_path.read_text().replace("max: 105", "max: 110"))
     bad = write_csv(tmp_path / "bad.csv", GOOD_ROWS + ["b,300,120,36.8,M,false,2021-03-04,fall,x"])

@@ -1,0 +1,98 @@
+"""What a site does in a federated run, without Flower: its data, its budget, its rounds.
+
+State lives in ``STATE_DIR/RUN/``: the privacy ledger (the source of truth for the spend), the
+synthesizer's state after the last round, and each round's update. A round the site already
+trained is answered from its saved update, so a coordinator that resends a round after a crash
+never makes the site spend budget twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from client.site_config import SiteConfig
+from common.data import load_site_data, stratified_split
+from common.errors import InputError
+from common.run_plan import RunPlan
+from common.schema import Schema
+from common.tabular.synthesizer import TabularSynthesizer
+
+
+class SiteTask:
+    """One site's side of one run for one tabular generator."""
+
+    def __init__(self, site: SiteConfig, plan: RunPlan) -> None:
+        self.site = site
+        self.plan = plan
+        self.schema = Schema.load(site.schema_path)
+        self.folder = site.state_dir / plan.run
+        self.model_folder = self.folder / f"tabular-{plan.kind}"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.folder / "ledger.jsonl"
+
+    def train_split(self) -> pd.DataFrame:
+        """The records the generators may see: the site's seeded, label-stratified train split."""
+        frame = load_site_data(self.site.data_path, self.schema, bad_rows=self.site.bad_rows,
+                               quarantine_path=self.site.state_dir / "quarantine.csv")
+        return stratified_split(frame, self.schema.label.name, self.plan.seed)["train"]
+
+    def _synthesizer(self) -> TabularSynthesizer:
+        """The site's synthesizer, restored from its last saved state (or a new one)."""
+        synth = TabularSynthesizer(self.schema, kind=self.plan.kind, epsilon=self.site.epsilon_tabular,
+                                   delta=self.site.delta, config=self.plan.tabular_config,
+                                   seed=self.plan.seed, ledger=self.ledger_path)
+        state_file = self.model_folder / "state.pt"
+        if state_file.exists():
+            synth.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
+            synth.epsilon = self.site.epsilon_tabular  # the site's current budget always wins
+        return synth
+
+    def _save(self, synth: TabularSynthesizer) -> None:
+        self.model_folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.model_folder / ".state.pt.tmp"
+        torch.save(synth.state_dict(), tmp)
+        tmp.replace(self.model_folder / "state.pt")
+
+    def label_counts(self) -> np.ndarray:
+        """DP label counts (charged once, to the ledger, before they are returned)."""
+        train = self.train_split()
+        synth = self._synthesizer()
+        synth.plan(len(train), self.plan.rounds * self.plan.local_steps)
+        counts = synth.release_label_counts(train)
+        self._save(synth)
+        return counts
+
+    def train_round(self, round_: int, global_weights: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """``local_steps`` DP-SGD steps from the global weights; the spend is in the ledger before
+        the update is returned. Returns (weights, epsilon spent so far)."""
+        cached = self.model_folder / f"round-{round_:04d}.npz"
+        if cached.exists():
+            saved = np.load(cached)
+            weights = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
+            return weights, float(saved["epsilon"])
+        if not 1 <= round_ <= self.plan.rounds:
+            raise InputError(f"round {round_} is outside the planned 1..{self.plan.rounds}.")
+        train = self.train_split()
+        synth = self._synthesizer()
+        synth.plan(len(train), self.plan.rounds * self.plan.local_steps)
+        synth.set_weights(global_weights)
+        epsilon = synth.train_steps(train, self.plan.local_steps, round=round_)
+        weights = synth.get_weights()
+        self._save(synth)
+        arrays = {f"w{i}": w for i, w in enumerate(weights)}
+        tmp = self.model_folder / f".round-{round_:04d}.tmp.npz"
+        np.savez(tmp, epsilon=np.float64(-1.0 if epsilon is None else epsilon), **arrays)
+        tmp.replace(cached)
+        return weights, (-1.0 if epsilon is None else float(epsilon))
+
+    def epsilon_spent(self) -> float:
+        synth = self._synthesizer()
+        spent = synth.epsilon_spent()
+        return 0.0 if spent is None else float(spent)
+

@@ -1,0 +1,38 @@
+"""What the coordinator asks of every site in a run: shared so that updates can be averaged."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import InputError
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the coordinator asks of every site; identical for all sites so updates can be averaged."""
+
+    run: str
+    kind: str
+    rounds: int
+    local_steps: int
+    seed: int
+    tabular_config: dict[str, Any]
+
+    def to_config(self) -> dict[str, Any]:
+        return {"run": self.run, "kind": self.kind, "rounds": self.rounds,
+                "local_steps": self.local_steps, "seed": self.seed,
+                "tabular_config": json.dumps(self.tabular_config, sort_keys=True)}
+
+    @classmethod
+    def from_config(cls, config: Any) -> RunPlan:
+        run = str(config["run"])
+        if not _RUN_NAME.match(run):
+            raise InputError(f"run name {run!r} is not a safe folder name.")
+        return cls(run=run, kind=str(config["kind"]), rounds=int(config["rounds"]),
+                   local_steps=int(config["local_steps"]), seed=int(config["seed"]),
+                   tabular_config=json.loads(str(config["tabular_config"])))

@@ -1,0 +1,151 @@
+"""The phases of a federated run, over any Flower Grid (a SuperLink, the simulation engine, a test).
+
+1. handshake (schema hash, version, data check); 2. DP label counts (the FedAvg weights and the
+global label distribution); 3. R rounds of FedAvg of the chosen tabular generator, each update
+checked before it counts, a checkpoint after every round; 4. the global model saved in the format
+``fedsynth generate`` loads. A round with fewer good replies than the quorum is sent again (sites
+answer a round they already trained from their saved update, spending nothing) and the run stops
+with a message when retries are used up: it never waits forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from common.run_plan import RunPlan
+from common.schema import Schema
+from common.tabular.synthesizer import TabularSynthesizer
+from server.aggregate import update_problem, weighted_average
+from server.checkpoint import RunState, load_checkpoint, save_checkpoint
+from server.handshake import QuorumError, run_handshake
+
+log = logging.getLogger("fedsynth.server")
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    schema_path: Path
+    run_dir: Path
+    run: str = "run"
+    kind: str = "vae"
+    rounds: int = 5
+    local_steps: int = 50
+    seed: int = 0
+    tabular_config: dict[str, Any] = field(default_factory=dict)
+    min_sites: int = 1
+    quorum: int = 1
+    handshake_timeout_s: float = 120.0
+    round_timeout_s: float = 600.0
+    round_retries: int = 1
+    max_update_norm: float = 1e3
+    resume: bool = False
+
+    @property
+    def plan(self) -> RunPlan:
+        return RunPlan(run=self.run, kind=self.kind, rounds=self.rounds, local_steps=self.local_steps,
+                       seed=self.seed, tabular_config=self.tabular_config)
+
+
+@dataclass
+class FederationResult:
+    model_dir: Path
+    sites: list[str]
+    state: RunState
+
+
+def _send(grid: Grid, nodes: dict[int, str], message_type: str, content: RecordDict,
+          timeout_s: float, group: str = "") -> dict[str, Message]:
+    """Send one message per node; return the good replies by site name, log the errors."""
+    messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=group)
+                for node in nodes]
+    replies: dict[str, Message] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout_s):
+        site = nodes.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
+        if reply.has_error():
+            log.warning("%s %s: site %s answered with an error: %s", message_type, group, site,
+                        reply.error.reason)
+        else:
+            replies[site] = reply
+    return replies
+
+
+def collect_label_counts(grid: Grid, nodes: dict[int, str], settings: FederationSettings,
+                         state: RunState) -> dict[int, str]:
+    """Ask each site for its DP label counts; sites that fail are left out of the run."""
+    content = RecordDict({"plan": ConfigRecord(settings.plan.to_config())})
+    replies = _send(grid, nodes, "query.label_counts", content, settings.round_timeout_s)
+    for site, reply in replies.items():
+        state.label_counts[site] = [float(c) for c in reply.content["counts"]["counts"]]
+        state.site_epsilon[site] = float(reply.content["privacy"]["epsilon"])
+    kept = {node: site for node, site in nodes.items() if site in replies}
+    if len(kept) < settings.quorum:
+        raise QuorumError(f"only {len(kept)} site(s) released label counts; the quorum is "
+                          f"{settings.quorum}. See the warnings above.")
+    return kept
+
+
+def train_round(grid: Grid, nodes: dict[int, str], round_: int, weights: list[np.ndarray],
+                settings: FederationSettings, state: RunState) -> list[np.ndarray]:
+    """One FedAvg round, retried while fewer than ``quorum`` good updates arrive."""
+    content = RecordDict({"weights": ArrayRecord(weights),
+                          "plan": ConfigRecord(settings.plan.to_config()),
+                          "round": ConfigRecord({"round": round_})})
+    for attempt in range(settings.round_retries + 1):
+        replies = _send(grid, nodes, f"train.{settings.kind}", content, settings.round_timeout_s,
+                        group=str(round_))
+        updates, sizes = [], []
+        for site, reply in sorted(replies.items()):
+            update = reply.content["weights"].to_numpy_ndarrays()
+            problem = update_problem(update, weights, settings.max_update_norm)
+            if problem:
+                log.warning("round %d: update of site %s dropped: %s", round_, site, problem)
+                state.dropped.append(f"round {round_}: {site}: {problem}")
+                continue
+            updates.append(update)
+            sizes.append(max(sum(state.label_counts[site]), 1.0))  # DP counts, never exact sizes
+            state.site_epsilon[site] = float(reply.content["privacy"]["epsilon"])
+        if len(updates) >= settings.quorum:
+            log.info("round %d: aggregated %d update(s)", round_, len(updates))
+            return weighted_average(updates, sizes)
+        log.warning("round %d attempt %d: %d good update(s), quorum %d", round_, attempt + 1,
+                    len(updates), settings.quorum)
+    raise QuorumError(f"round {round_}: fewer than {settings.quorum} good update(s) after "
+                      f"{settings.round_retries + 1} attempt(s); the run stops. Its checkpoint "
+                      f"keeps {state.rounds_done} round(s): restart with resume to continue.")
+
+
+def global_synthesizer(settings: FederationSettings, schema: Schema) -> TabularSynthesizer:
+    """The server's copy of the model: same architecture and initial weights as every site's."""
+    return TabularSynthesizer(schema, kind=settings.kind, epsilon=None,
+                              config=settings.tabular_config, seed=settings.seed)
+
+
+def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult:
+    schema = Schema.load(settings.schema_path)
+    checkpoint_dir = settings.run_dir / "checkpoint"
+    synth = global_synthesizer(settings, schema)
+    state, weights = RunState(), synth.get_weights()
+    if settings.resume:
+        restored = load_checkpoint(checkpoint_dir)
+        if restored is not None:
+            state, weights = restored
+            log.info("resuming after round %d of %d", state.rounds_done, settings.rounds)
+    nodes = run_handshake(grid, schema, min_sites=settings.min_sites,
+                          timeout_s=settings.handshake_timeout_s)
+    nodes = collect_label_counts(grid, nodes, settings, state)
+    for round_ in range(state.rounds_done + 1, settings.rounds + 1):
+        weights = train_round(grid, nodes, round_, weights, settings, state)
+        state.rounds_done = round_
+        save_checkpoint(checkpoint_dir, state, weights)
+    synth.set_weights(weights)
+    synth.set_label_counts(np.sum([state.label_counts[s] for s in sorted(nodes.values())], axis=0))
+    model_dir = settings.run_dir / "model"
+    synth.save(model_dir)
+    return FederationResult(model_dir=model_dir, sites=sorted(nodes.values()), state=state)

@@ -1,0 +1,184 @@
+"""The federated phases end to end over an in-process Grid: real ClientApp, real server phases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+from client.client_app import ERROR_BUDGET, make_client_app
+from client.site_config import SiteConfig
+from common.privacy.ledger import Ledger, epsilon_from_ledger
+from common.tabular.synthesizer import TabularSynthesizer
+from server.aggregate import update_problem, weighted_average
+from server.federation import FederationSettings, run_federation
+from server.handshake import QuorumError
+from simulation.hospitals import write_sim_data
+from tests.flower_helpers import InProcessGrid
+
+TINY = {"batch_size": 32, "model": {"hidden": [32, 32], "latent_dim": 8}}
+
+
+@pytest.fixture
+def sites(tmp_path):
+    paths = write_sim_data(tmp_path / "data", 3, 150, seed=2)
+    schema_path = tmp_path / "data" / "schema.yaml"
+    configs = {i + 1: SiteConfig(name=p.stem, data_path=p, schema_path=schema_path,
+                                 state_dir=tmp_path / "state" / p.stem, epsilon_tabular=4.0)
+               for i, p in enumerate(q for q in paths if q.suffix == ".csv")}
+    return schema_path, configs
+
+
+def _grid(configs, tamper=None) -> InProcessGrid:
+    app = make_client_app(lambda ctx: configs[ctx.node_id])
+    return InProcessGrid(app, {node: {} for node in configs}, tamper=tamper)
+
+
+def _settings(tmp_path, schema_path, **extra) -> FederationSettings:
+    base = dict(schema_path=schema_path, run_dir=tmp_path / "run", run="t", kind="vae", rounds=3,
+                local_steps=4, seed=1, tabular_config=TINY, min_sites=3, quorum=2,
+                handshake_timeout_s=5, round_timeout_s=60)
+    return FederationSettings(**{**base, **extra})
+
+
+def _ledger(config: SiteConfig) -> Ledger:
+    return Ledger(config.state_dir / "t" / "ledger.jsonl")
+
+
+def test_run_trains_aggregates_and_keeps_every_site_in_budget(tmp_path, sites, server_identity) -> None:
+    schema_path, configs = sites
+    result = run_federation(_grid(configs), _settings(tmp_path, schema_path))
+    assert result.sites == sorted(c.name for c in configs.values())
+    model = TabularSynthesizer.load(result.model_dir)
+    sample = model.sample(50, seed=0)
+    assert len(sample) == 50 and sample["age"].between(0, 105).all()
+    untrained = TabularSynthesizer(model.schema, kind="vae", epsilon=None, config=TINY, seed=1)
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), untrained.get_weights(),
+                                                        strict=True))
+    for config in configs.values():
+        entries = _ledger(config).read()
+        assert [e.round for e in entries if e.note != "label counts"] == [1, 2, 3]
+        spent = epsilon_from_ledger(entries, entries[-1].delta)
+        assert 0 < spent <= 4.0 + 1e-9
+        assert result.state.site_epsilon[config.name] == pytest.approx(spent)
+
+
+def test_resume_repeats_no_round_and_spends_nothing_twice(tmp_path, sites, server_identity) -> None:
+    schema_path, configs = sites
+    crash = {"armed": True}
+
+    def crash_in_round_3(node, reply):
+        if crash["armed"] and reply.metadata.message_type == "train.vae" and \
+                reply.metadata.group_id == "3":
+            raise RuntimeError("coordinator crashed")
+        return reply
+
+    grid = _grid(configs, tamper=crash_in_round_3)
+    with pytest.raises(RuntimeError, match="crashed"):
+        run_federation(grid, _settings(tmp_path, schema_path))
+    state = json.loads((tmp_path / "run" / "checkpoint" / "checkpoint.json").read_text())
+    assert state["rounds_done"] == 2
+    crash["armed"] = False
+    grid.sent.clear()
+    result = run_federation(grid, _settings(tmp_path, schema_path, resume=True))
+    assert result.state.rounds_done == 3
+    trained_rounds = {s.split(":")[1] for s in grid.sent if s.startswith("train.")}
+    assert trained_rounds == {"3"}  # rounds 1 and 2 were not sent again
+    for config in configs.values():
+        entries = _ledger(config).read()
+        assert [e.note for e in entries].count("label counts") == 1
+        # Site 1 trained round 3 before the crash: resending it reused the saved update.
+        assert [e.round for e in entries if e.note != "label counts"] == [1, 2, 3]
+
+
+def _corrupt(kind: str):
+    def tamper(node, reply):
+        if node != 2 or not reply.metadata.message_type.startswith("train."):
+            return reply
+        arrays = reply.content["weights"].to_numpy_ndarrays()
+        if kind == "nan":
+            arrays[0] = arrays[0] * np.nan
+        elif kind == "shape":
+            arrays[0] = arrays[0][:1]
+        else:
+            arrays = [a + 1e4 for a in arrays]
+        content = RecordDict({"weights": ArrayRecord(arrays),
+                              "privacy": MetricRecord({"epsilon": 0.1, "round": 1})})
+        return Message(content, reply_to=_as_instruction(reply))
+    return tamper
+
+
+def _as_instruction(reply):
+    from tests.flower_helpers import instruction
+
+    return instruction(RecordDict(), reply.metadata.message_type, dst_node_id=reply.metadata.src_node_id)
+
+
+@pytest.mark.parametrize("kind, words", [("nan", "NaN"), ("shape", "shape"), ("norm", "L2")])
+def test_bad_updates_are_dropped_and_logged(tmp_path, sites, server_identity, kind, words) -> None:
+    schema_path, configs = sites
+    result = run_federation(_grid(configs, tamper=_corrupt(kind)),
+                            _settings(tmp_path, schema_path, rounds=1))
+    assert len(result.state.dropped) == 1 and words in result.state.dropped[0]
+    assert configs[2].name in result.state.dropped[0]
+    assert all(np.isfinite(w).all() for w in TabularSynthesizer.load(result.model_dir).get_weights())
+
+
+def test_quorum_not_met_stops_with_a_message(tmp_path, sites, server_identity) -> None:
+    schema_path, configs = sites
+    with pytest.raises(QuorumError, match="fewer than 3 good update"):
+        run_federation(_grid(configs, tamper=_corrupt("nan")),
+                       _settings(tmp_path, schema_path, rounds=1, quorum=3, round_retries=1))
+
+
+def test_exhausted_budget_is_an_error_reply_that_spends_nothing(tmp_path, sites, server_identity) -> None:
+    from dataclasses import replace
+
+    from flwr.app import ConfigRecord
+
+    from common.run_plan import RunPlan
+    from tests.flower_helpers import instruction
+
+    schema_path, configs = sites
+    site = configs[1]
+    plan = RunPlan(run="t", kind="vae", rounds=3, local_steps=4, seed=1, tabular_config=TINY)
+    current = {"site": site}
+    app = make_client_app(lambda ctx: current["site"])
+    ctx = InProcessGrid(app, {1: {}}).contexts[1]
+    counts = app(instruction(RecordDict({"plan": ConfigRecord(plan.to_config())}), "query.label_counts"), ctx)
+    assert not counts.has_error()
+    weights = TabularSynthesizer(_schema(schema_path), kind="vae", epsilon=None, config=TINY,
+                                 seed=1).get_weights()
+
+    def train(round_):
+        content = RecordDict({"weights": ArrayRecord(weights), "plan": ConfigRecord(plan.to_config()),
+                              "round": ConfigRecord({"round": round_})})
+        return app(instruction(content, "train.vae", group_id=str(round_)), ctx)
+
+    assert not train(1).has_error()
+    before = _ledger(site).read()
+    current["site"] = replace(site, epsilon_tabular=0.5)  # the steward lowers the site's budget
+    reply = train(2)
+    assert reply.has_error() and reply.error.code == ERROR_BUDGET
+    assert "budget" in reply.error.reason.lower()
+    assert _ledger(site).read() == before  # nothing trained, nothing spent
+
+
+def _schema(path):
+    from common.schema import Schema
+
+    return Schema.load(path)
+
+
+def test_update_checks_and_average() -> None:
+    ref = [np.zeros((2, 2), np.float32), np.zeros(3, np.float32)]
+    assert update_problem([np.ones((2, 2), np.float32), np.ones(3, np.float32)], ref, 10) is None
+    assert "dtype" in update_problem([np.ones((2, 2)), np.ones(3, np.float32)], ref, 10)
+    assert "arrays" in update_problem(ref[:1], ref, 10)
+    avg = weighted_average([[np.full(2, 1.0)], [np.full(2, 4.0)]], [2.0, 1.0])
+    np.testing.assert_allclose(avg[0], [2.0, 2.0])
+    with pytest.raises(ValueError):
+        weighted_average([[np.ones(2)]], [0.0])
+    assert ERROR_BUDGET == 4002
