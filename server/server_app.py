@@ -25,8 +25,11 @@ def make_server_app(resolve_settings: SettingsResolver) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         # `flwr log` shows only what Flower's console handler prints; send fedsynth's lines there.
-        logging.getLogger("fedsynth").addHandler(console_handler)
-        logging.getLogger("fedsynth").setLevel(logging.INFO)
+        fedsynth_log = logging.getLogger("fedsynth")
+        if console_handler not in fedsynth_log.handlers:
+            fedsynth_log.addHandler(console_handler)
+        fedsynth_log.setLevel(logging.INFO)
+        fedsynth_log.propagate = False  # one line each, not one more through the root logger
         try:
             settings = resolve_settings(context)
             result = run_federation(grid, settings)
