@@ -14,7 +14,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.site_config import SiteConfig
-from client.task import SiteTask
 from common.data import load_site_data
 from common.errors import BudgetExceededError, DataError, InputError
 from common.handshake import HandshakeResult, check_compatibility
@@ -71,6 +70,8 @@ def make_client_app(resolve_site: SiteResolver) -> ClientApp:
     @app.query("label_counts")
     def label_counts(msg: Message, context: Context) -> Message:
         """DP label counts of the site's train split, charged to its budget before they leave."""
+        from client.task import SiteTask  # torch loads only for training: handshakes start fast
+
         try:
             task = SiteTask(resolve_site(context), RunPlan.from_config(msg.content["plan"]))
             counts = task.label_counts()
@@ -83,6 +84,8 @@ def make_client_app(resolve_site: SiteResolver) -> ClientApp:
 
     def train(msg: Message, context: Context) -> Message:
         """One round of local DP-SGD from the global weights."""
+        from client.task import SiteTask
+
         try:
             plan = RunPlan.from_config(msg.content["plan"])
             task = SiteTask(resolve_site(context), plan)

@@ -138,7 +138,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult
             state, weights = restored
             log.info("resuming after round %d of %d", state.rounds_done, settings.rounds)
     nodes = run_handshake(grid, schema, min_sites=settings.min_sites,
-                          timeout_s=settings.handshake_timeout_s)
+                          timeout_s=settings.handshake_timeout_s,
+                          reply_timeout_s=min(settings.round_timeout_s, 300.0))
     nodes = collect_label_counts(grid, nodes, settings, state)
     for round_ in range(state.rounds_done + 1, settings.rounds + 1):
         weights = train_round(grid, nodes, round_, weights, settings, state)

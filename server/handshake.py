@@ -18,8 +18,12 @@ class QuorumError(RuntimeError):
     """Too few sites answered or were accepted; the run stops with this message."""
 
 
-def run_handshake(grid: Grid, schema: Schema, min_sites: int, timeout_s: float) -> dict[int, str]:
-    """Return {node_id: site name} of accepted sites; log every refusal with its reason."""
+def run_handshake(grid: Grid, schema: Schema, min_sites: int, timeout_s: float,
+                  reply_timeout_s: float = 120.0) -> dict[int, str]:
+    """Return {node_id: site name} of accepted sites; log every refusal with its reason.
+
+    ``timeout_s`` bounds the wait for sites to connect; replies then get ``reply_timeout_s`` of
+    their own (a site's ClientApp process takes seconds to start)."""
     deadline = time.monotonic() + timeout_s
     node_ids = list(grid.get_node_ids())
     while len(node_ids) < min_sites and time.monotonic() < deadline:
@@ -28,7 +32,7 @@ def run_handshake(grid: Grid, schema: Schema, min_sites: int, timeout_s: float) 
     offer = ConfigRecord({"schema_hash": schema.hash, "version": __version__})
     messages = [Message(RecordDict({"handshake": offer}), dst_node_id=node, message_type="query.handshake")
                 for node in node_ids]
-    replies = grid.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic()))
+    replies = grid.send_and_receive(messages, timeout=reply_timeout_s)
     accepted: dict[int, str] = {}
     for reply in replies:
         node = reply.metadata.src_node_id
