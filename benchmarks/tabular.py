@@ -1,0 +1,260 @@
+"""Tabular generators side by side: DP-VAE and DP-DDPM at several epsilons against the
+independent-marginals baseline and SDV's GaussianCopula and TVAE (non-DP peers).
+
+    python benchmarks/tabular.py [--quick] [--data sim|neiss] [--seed N] [--threads N]
+
+Every row is measured in one run on one machine, so fit times, samples/s and the DP-SGD overhead
+(fit time over the same model, same steps, without DP) compare. Fidelity is scored against the
+held-out test split, TSTR trains on as many synthetic records as the real train split, and the
+marginals baseline and the real train split itself ("real train": TSTR = TRTR, the ceiling) are
+always in the table (BRIEF, "What the figures mean"). Prints a markdown table; runs are recorded
+in benchmarks/RESULTS.md. SDV is a bench-only extra (``pip install -e '.[bench]'``, BUSL licence),
+never a runtime dependency: without it those rows are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import torch
+
+from common.data import load_site_data, stratified_split
+from common.metrics.baselines import IndependentMarginals
+from common.metrics.features import TABLE, modeled, sdmetrics_frame, sdv_metadata
+from common.metrics.fidelity import fidelity_metrics
+from common.metrics.utility import augmented, trtr, tstr
+from common.schema import Schema
+from common.tabular.synthesizer import TabularSynthesizer
+from simulation.ed_schema import ed_trauma_schema
+from simulation.hospitals import simulate_sites
+
+ROOT = Path(__file__).resolve().parents[1]
+EPSILONS: tuple[float | None, ...] = (1.0, 3.0, 10.0, None)  # None = the same model without DP
+NEISS = ROOT / "examples" / "neiss"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of a run; the models' settings below are the same in both profiles."""
+
+    sim_sites: int
+    records_per_site: int
+    steps: int
+    tvae_epochs: int
+
+
+# TVAE gets SDV's default 300 epochs in the full profile (on 3,000 records, 1,800 batches of 500:
+# three times our models' steps); the quick one cuts both.
+PROFILES = {"quick": Profile(sim_sites=5, records_per_site=300, steps=150, tvae_epochs=75),
+            "full": Profile(sim_sites=5, records_per_site=1000, steps=600, tvae_epochs=300)}
+# Fixed in code, never tuned on the benchmark data: a batch of ~1/3 of the records keeps the DP
+# noise per step low; small networks keep the noise's norm (it grows with the parameter count) low.
+# counts_fraction 0.2, not the default 0.1: at epsilon = 1 the label counts would get 0.1, below the
+# ~0.19 the RDP accountant's orders can express at delta = 1e-5, and the fit would refuse to start.
+MODEL_CONFIG: dict[str, dict[str, Any]] = {
+    "vae": {"batch_size": 1024, "lr": 1e-2, "counts_fraction": 0.2,
+            "model": {"hidden": [64, 64], "latent_dim": 16}},
+    "ddpm": {"batch_size": 1024, "lr": 3e-3, "counts_fraction": 0.2, "model": {}},
+}
+
+
+class Generator(Protocol):
+    def fit(self, df: pd.DataFrame) -> Any: ...
+
+    def sample(self, n: int, conditions: Mapping[str, Any] | None = None,
+               seed: int | None = None) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    epsilon: float | None
+    make: Callable[[], Generator]
+
+
+@dataclass
+class Row:
+    name: str
+    epsilon: float | None
+    fit_s: float
+    fit_cpu_s: float
+    samples_per_s: float
+    metrics: dict[str, float]
+    overhead: float | None = None
+
+
+class SDVPeer:
+    """An SDV single-table synthesizer behind the fit/sample protocol, on metadata built from the
+    schema (SDV's metadata-first design) and the same plain-dtype frames sdmetrics gets."""
+
+    def __init__(self, schema: Schema, synthesizer: str, **settings: Any) -> None:
+        self.schema, self.synthesizer, self.settings = schema, synthesizer, settings
+        self.model: Any = None
+
+    def fit(self, df: pd.DataFrame) -> SDVPeer:
+        from sdv import single_table
+        from sdv.metadata import Metadata
+
+        metadata = Metadata.load_from_dict(sdv_metadata(self.schema))
+        self.model = getattr(single_table, self.synthesizer)(metadata, **self.settings)
+        self.model.fit({TABLE: sdmetrics_frame(modeled(df, self.schema), self.schema)})
+        return self
+
+    def sample(self, n: int, conditions: Mapping[str, Any] | None = None,
+               seed: int | None = None) -> pd.DataFrame:
+        """SDV seeds its own sampling; ``seed`` is accepted for the protocol only. Conditions go
+        through SDV's conditional sampling (rejection sampling for TVAE): a class the model
+        (almost) never produces yields no records, which augmentation counts as a short pool."""
+        if not conditions:
+            return self.model.sample(n)[TABLE]
+        from sdv.sampling import Condition
+
+        try:
+            drawn = self.model.sample_from_conditions([Condition(column_values=dict(conditions),
+                                                                 num_rows=n)])
+        except ValueError:  # "Unable to sample any rows for the given conditions"
+            return self.model.sample(1)[TABLE].iloc[:0]
+        return drawn[TABLE]
+
+
+def load_data(data: str, profile: Profile, seed: int) -> tuple[Schema, pd.DataFrame, str]:
+    """The pooled typed frame, its schema and a description for the report."""
+    if data == "sim":
+        sites = simulate_sites(profile.sim_sites, profile.records_per_site, seed)
+        return (ed_trauma_schema(list(sites)), pd.concat(sites.values(), ignore_index=True),
+                f"simulated hospitals, {profile.sim_sites} sites x {profile.records_per_site} "
+                f"records, pooled")
+    schema = Schema.load(NEISS / "schema.yaml")
+    return (schema, load_site_data(NEISS / "neiss_1k.csv", schema),
+            "NEISS example (examples/neiss/neiss_1k.csv), 5 strata pooled")
+
+
+def candidates(schema: Schema, profile: Profile, seed: int) -> tuple[list[Candidate], str | None]:
+    """Every generator of the table, and why the SDV peers are missing if they are."""
+    ours = [Candidate(f"DP-{kind.upper()}" if eps is not None else f"{kind.upper()} (no DP)", eps,
+                      _synthesizer(schema, kind, eps, profile.steps, seed))
+            for kind in MODEL_CONFIG for eps in EPSILONS]
+    rows = [Candidate("independent marginals", None, lambda: IndependentMarginals(schema)), *ours]
+    try:
+        import sdv
+    except ImportError as exc:
+        return rows, f"SDV peers skipped: {exc}. Install the bench extra: pip install -e '.[bench]'."
+    rows += [Candidate(f"SDV {sdv.__version__} GaussianCopula", None,
+                       lambda: SDVPeer(schema, "GaussianCopulaSynthesizer")),
+             Candidate(f"SDV {sdv.__version__} TVAE ({profile.tvae_epochs} epochs)", None,
+                       lambda: SDVPeer(schema, "TVAESynthesizer", epochs=profile.tvae_epochs,
+                                       enable_gpu=False))]
+    return rows, None
+
+
+def _synthesizer(schema: Schema, kind: str, epsilon: float | None, steps: int,
+                 seed: int) -> Callable[[], TabularSynthesizer]:
+    # dp_seed makes the benchmark repeatable; released models keep OS entropy (the default).
+    config = {**MODEL_CONFIG[kind], "steps": steps, "dp_seed": seed}
+    return lambda: TabularSynthesizer(schema, kind=kind, epsilon=epsilon, config=config,
+                                      device="cpu", seed=seed)
+
+
+def evaluate(candidate: Candidate, train: pd.DataFrame, test: pd.DataFrame, schema: Schema,
+             seed: int) -> Row:
+    """Fit on train, draw as many records as train, score against test."""
+    generator = candidate.make()
+    start, cpu = time.perf_counter(), time.process_time()
+    generator.fit(train)
+    fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    start = time.perf_counter()
+    synth = generator.sample(len(train), seed=seed)
+    sample_s = time.perf_counter() - start
+    label = schema.label.name
+
+    def conditional(value: str, n: int) -> pd.DataFrame:
+        return generator.sample(n, conditions={label: value}, seed=seed)
+
+    metrics = {**fidelity_metrics(test, synth, schema, seed),
+               "tstr": tstr(synth, test, schema, seed).macro_f1,
+               "augmented": augmented(train, test, schema, conditional, seed).macro_f1}
+    return Row(candidate.name, candidate.epsilon, fit_s, fit_cpu_s, len(train) / sample_s, metrics)
+
+
+def reference_row(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, seed: int) -> Row:
+    """The real train split scored like a synthetic set: the ceiling of every column."""
+    ceiling = trtr(train, test, schema, seed).macro_f1
+    metrics = {**fidelity_metrics(test, train, schema, seed), "tstr": ceiling, "augmented": ceiling}
+    return Row("real train (TSTR = TRTR)", None, float("nan"), float("nan"), float("nan"), metrics)
+
+
+def add_overheads(rows: list[Row]) -> None:
+    """DP-SGD time overhead: each DP row's fit CPU time over its model's no-DP fit (same steps).
+    CPU time, with one torch thread, is what the fit costs; wall time on shared cores also
+    counts the neighbours' load."""
+    plain = {row.name.split()[0]: row.fit_cpu_s for row in rows if row.name.endswith("(no DP)")}
+    for row in rows:
+        kind = row.name.removeprefix("DP-")
+        if row.name.startswith("DP-") and kind in plain:
+            row.overhead = row.fit_cpu_s / plain[kind]
+
+
+COLUMNS = ("generator", "ε", "fit s (CPU s)", "samples/s", "DP overhead", "Column Shapes",
+           "Column Pair Trends", "detection AUC", "Wasserstein", "TSTR macro-F1",
+           "augmented macro-F1")
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        m = r.metrics
+        fit = "-" if pd.isna(r.fit_s) else f"{r.fit_s:.1f} ({r.fit_cpu_s:.1f})"
+        cells = [r.name, "-" if r.epsilon is None else f"{r.epsilon:g}", fit,
+                 _num(r.samples_per_s, 0), "-" if r.overhead is None else f"{r.overhead:.1f}x",
+                 *(_num(m[k], 3) for k in ("column_shapes", "column_pair_trends", "detection_auc",
+                                           "wasserstein_mean", "tstr", "augmented"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(value: float, digits: int) -> str:
+    return "-" if pd.isna(value) else f"{value:,.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller data and fewer steps")
+    parser.add_argument("--data", choices=("sim", "neiss"), default="sim")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on shared cores, more threads spin and slow down)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    profile = PROFILES["quick" if args.quick else "full"]
+    schema, frame, described = load_data(args.data, profile, args.seed)
+    split = stratified_split(frame, schema.label.name, args.seed)
+    train, test = split["train"], split["test"]
+    print(f"# Tabular generators: {described}")
+    print(f"command: python benchmarks/tabular.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads {args.threads}, "
+          f"no GPU used; train {len(train)} / test {len(test)} records; steps {profile.steps}; "
+          f"models {MODEL_CONFIG}\n", flush=True)
+    rows = [reference_row(train, test, schema, args.seed)]
+    plan, skipped = candidates(schema, profile, args.seed)
+    if skipped:
+        print(skipped, flush=True)
+    for candidate in plan:
+        rows.append(evaluate(candidate, train, test, schema, args.seed))
+        print(f"  done: {candidate.name} eps={candidate.epsilon} ({rows[-1].fit_s:.1f} s fit)",
+              file=sys.stderr, flush=True)
+    add_overheads(rows)
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
