@@ -2,21 +2,21 @@
 they are set against the independent-marginals baseline on figures marginals cannot fake.
 
 Data: 5 simulated sites x 700 records pooled, stratified split (2,112 train / 694 test). Both
-models train under DP at epsilon = 10 with the settings below (also the benchmark's). Measured on
-2 CPU cores, dp seeds 0-2, 300 steps (figures: untrained / marginals / trained):
+models train under DP at epsilon = 10 with the settings below (the benchmark's model settings). Measured on
+2 CPU cores, dp and torch seeds 0-2, 300 steps (figures: untrained / marginals / trained):
 
-- DP-VAE:  pair trends 0.47 / 0.755 / 0.74-0.77; shapes 0.59 / 0.97 / 0.92-0.93;
+- DP-VAE:  pair trends 0.47 / 0.755 / 0.74-0.78; shapes 0.59 / 0.97 / 0.92-0.93;
            detection AUC 1.00 / 0.97 / 0.965-0.98; TSTR macro-F1 0.05 / 0.06 / 0.07-0.09.
 - DP-DDPM: pair trends 0.47 / 0.755 / 0.72; shapes 0.60 / 0.97 / 0.84;
            detection AUC 1.00 / 0.97 / 1.00; TSTR macro-F1 0.04 / 0.06 / 0.16-0.21.
-- The VAE without DP (same steps): pair trends 0.845, detection 0.94-0.95, TSTR 0.31.
+- The VAE without DP (same steps): pair trends 0.82-0.85, detection 0.94-0.95, TSTR 0.26-0.31.
 
 So at this size and budget neither model beats the marginals on Column Pair Trends or detection:
 the DP-VAE is on par on pair trends, and the DP-DDPM beats them only on TSTR (label-feature
 structure, which independent columns cannot carry). Without DP the same VAE does beat them on
 pair trends and TSTR (asserted below), so the gap is the DP noise at ~2,000 records, not the
-model; DP also costs the VAE most of its TSTR (0.31 -> 0.09). benchmarks/RESULTS.md has the
-side-by-side figures, larger data included.
+model; DP also costs the VAE most of its TSTR (~0.28 -> ~0.08). benchmarks/RESULTS.md has the
+side-by-side figures (3,000 records, epsilon 1 to 10, SDV peers).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_dp_generator_learns_and_samples_within_the_schema(kind, data, marginals
 
     assert after["column_pair_trends"] > before["column_pair_trends"] + 0.2
     assert after["column_shapes"] > before["column_shapes"] + 0.2
-    if kind == "vae":  # on par with the marginals on pair trends (0.74-0.77 vs 0.755), not better
+    if kind == "vae":  # on par with the marginals on pair trends (0.74-0.78 vs 0.755), not better
         assert after["column_pair_trends"] > marginals["column_pair_trends"] - 0.03
         assert after["detection_auc"] < before["detection_auc"] - 0.01
     else:  # beats the marginals on TSTR only (0.16-0.21 vs 0.06)
@@ -128,5 +128,5 @@ def test_without_dp_the_vae_beats_the_marginals_on_joint_structure(data, margina
     schema, train, test = data
     plain = scores(schema, train, test, fitted("vae", None, schema, train).sample(len(train), seed=1))
     print(f"\nvae no DP: {plain}\nmarginals: {marginals}")
-    assert plain["column_pair_trends"] > marginals["column_pair_trends"] + 0.05
+    assert plain["column_pair_trends"] > marginals["column_pair_trends"] + 0.04
     assert plain["tstr"] > marginals["tstr"] + 0.15

@@ -86,24 +86,30 @@ class FeatureEncoder:
     Numbers (and datetimes, as days) stay numbers with NaN for missing; categories and booleans
     become pandas categoricals, which the classifier splits on natively. Short code lists keep the
     schema's order; a list longer than ``MAX_CATEGORY_CODES`` keeps the categories most frequent
-    in the frame given to ``fit`` (the classifier's own training data, nothing shared) and pools
-    the others, so that train and test frames are always encoded alike.
+    in the frames given to ``fit`` (the classifier's own training data, nothing shared) and pools
+    the others, so that train and test frames are always encoded alike. Detection fits on both
+    sides: fitted on one, the pooled category would exist on the other side only and give it away.
     """
 
     def __init__(self, columns: Sequence[Column]) -> None:
         self.columns = list(columns)
         self._kept: dict[str, list[str]] = {}
 
-    def fit(self, frame: pd.DataFrame) -> FeatureEncoder:
+    def fit(self, *frames: pd.DataFrame) -> FeatureEncoder:
         for col in self.columns:
             if col.type == "categorical" and len(col.categories) > MAX_CATEGORY_CODES:
-                counts = frame[col.name].astype(object).value_counts()
+                counts = pd.concat([f[col.name].astype(object) for f in frames]).value_counts()
                 self._kept[col.name] = [str(c) for c in counts.index[:MAX_CATEGORY_CODES - 1]]
         return self
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({col.name: self._encode(frame[col.name], col) for col in self.columns},
                             index=frame.index)
+
+    def stack(self, frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+        """Encode frames one by one, then stack them. Encoded frames share dtypes exactly, so
+        sources with other dtypes (SDV's plain ones) or all-missing columns stack cleanly."""
+        return pd.concat([self.transform(frame) for frame in frames], ignore_index=True)
 
     def _encode(self, series: pd.Series, col: Column) -> pd.Series:
         if col.is_numeric:

@@ -33,8 +33,8 @@ DETECTION_FOLDS = 5
 def quality_scores(real: pd.DataFrame, synth: pd.DataFrame, schema: Schema) -> dict[str, float]:
     """sdmetrics 0.32 QualityReport over the modeled columns, with metadata from the schema.
 
-    One report yields both properties; computing it once is why the two thin wrappers below exist
-    for single figures and ``fidelity_metrics`` calls this directly.
+    One report yields both properties, so ``fidelity_metrics`` computes it once;
+    ``column_shapes`` and ``column_pair_trends`` serve callers that want a single figure.
     """
     report = QualityReport()
     with warnings.catch_warnings():  # constant columns in small splits make scipy/sdmetrics chatty
@@ -73,8 +73,8 @@ def detection_auc(real: pd.DataFrame, synth: pd.DataFrame, schema: Schema, seed:
                          f"(got {len(real)} real, {len(synth)} synthetic)")
     rng = np.random.default_rng(seed)
     sides = [frame.iloc[np.sort(rng.choice(len(frame), n, replace=False))] for frame in (real, synth)]
-    encoder = FeatureEncoder(schema.modeled_columns).fit(sides[0])
-    x = encoder.transform(pd.concat([modeled(side, schema) for side in sides], ignore_index=True))
+    encoder = FeatureEncoder(schema.modeled_columns).fit(*sides)
+    x = encoder.stack(sides)
     is_synth = np.repeat([0, 1], n)
     row = pd.factorize(pd.util.hash_pandas_object(x, index=False))[0]
     on_both_sides = np.isin(row, row[:n]) & np.isin(row, row[n:])

@@ -9,7 +9,7 @@ records alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,6 @@ from common.metrics.features import (
     classifier,
     feature_columns,
     label_array,
-    modeled,
     one_thread,
 )
 from common.schema import Schema
@@ -39,17 +38,20 @@ class UtilityScore:
     per_class_recall: dict[str, float]
 
 
-def train_and_score(train: pd.DataFrame, test: pd.DataFrame, schema: Schema,
-                    seed: int = 0) -> UtilityScore:
-    """Fit the fixed classifier on ``train``'s modeled features, score its label predictions on
-    ``test``. Classes absent from ``test`` are not averaged (their F1 is undefined there)."""
-    encoder = FeatureEncoder(feature_columns(schema)).fit(train)
-    y_train, y_test = label_array(train, schema), label_array(test, schema)
+def train_and_score(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, seed: int = 0,
+                    extra: Sequence[pd.DataFrame] = ()) -> UtilityScore:
+    """Fit the fixed classifier on the modeled features of ``train`` plus any ``extra`` records,
+    score its label predictions on ``test``. Classes absent from ``test`` are not averaged (their
+    F1 is undefined there)."""
+    parts = [train, *extra]
+    encoder = FeatureEncoder(feature_columns(schema)).fit(*parts)
+    y_train = np.concatenate([label_array(part, schema) for part in parts])
+    y_test = label_array(test, schema)
     if len(np.unique(y_train)) == 1:  # a collapsed generator: the classifier could only say this
         predicted = np.full(len(test), y_train[0])
     else:
         with one_thread():
-            model = classifier(seed).fit(encoder.transform(train), y_train)
+            model = classifier(seed).fit(encoder.stack(parts), y_train)
             predicted = model.predict(encoder.transform(test))
     classes = [c for c in schema.label.categories if c in set(y_test)]
     recalls = recall_score(y_test, predicted, labels=classes, average=None, zero_division=0)
@@ -83,9 +85,7 @@ def augmented(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, synthetic
     ``augmentation_plan``), test on the real test split. A pool short of a class adds what it has."""
     extra = [_records_of(synthetic, schema, label, n)
              for label, n in augmentation_plan(train, schema).items()]
-    pooled = pd.concat([modeled(train, schema), *(modeled(e, schema) for e in extra)],
-                       ignore_index=True)
-    return train_and_score(pooled, test, schema, seed)
+    return train_and_score(train, test, schema, seed, extra)
 
 
 def _records_of(source: SyntheticSource, schema: Schema, label: str, n: int) -> pd.DataFrame:
