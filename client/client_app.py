@@ -26,15 +26,22 @@ SiteResolver = Callable[[Context], SiteConfig]
 ERROR_BAD_DATA, ERROR_BUDGET, ERROR_INPUT = 4001, 4002, 4003
 _BAD_DATA = ("the site's data file failed validation against the schema; the site's log lists "
              "the rows, columns and fixes")
+_SITE_PROBLEM = ("the site could not take part (a problem with its own data or settings); the "
+                 "site's log says what and how to fix it")
 
 
 def _error_reply(msg: Message, exc: InputError) -> Message:
-    """An error reply that names the problem but carries no cell of the site's data."""
+    """An error reply that says what kind of problem the site has, never its details.
+
+    Messages about data (validation, encoding) quote cell values, so only a budget refusal, which
+    speaks of the site's own DP spend, travels verbatim; the rest stays in the site's log.
+    """
     log.error("%s", exc)
+    if isinstance(exc, BudgetExceededError):
+        return Message(Error(code=ERROR_BUDGET, reason=" ".join(str(exc).split())), reply_to=msg)
     if isinstance(exc, DataError):
         return Message(Error(code=ERROR_BAD_DATA, reason=_BAD_DATA), reply_to=msg)
-    code = ERROR_BUDGET if isinstance(exc, BudgetExceededError) else ERROR_INPUT
-    return Message(Error(code=code, reason=" ".join(str(exc).split())), reply_to=msg)
+    return Message(Error(code=ERROR_INPUT, reason=_SITE_PROBLEM), reply_to=msg)
 
 
 def make_client_app(resolve_site: SiteResolver) -> ClientApp:

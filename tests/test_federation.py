@@ -182,3 +182,14 @@ def test_update_checks_and_average() -> None:
     with pytest.raises(ValueError):
         weighted_average([[np.ones(2)]], [0.0])
     assert ERROR_BUDGET == 4002
+
+
+def test_error_replies_never_carry_site_details() -> None:
+    from client.client_app import ERROR_INPUT, _error_reply
+    from common.errors import InputError
+    from tests.flower_helpers import instruction
+
+    msg = instruction(RecordDict(), "train.vae")
+    reply = _error_reply(msg, InputError("column 'age' has 1 value(s) outside bounds (e.g. 131)"))
+    assert reply.error.code == ERROR_INPUT
+    assert "131" not in reply.error.reason and "age" not in reply.error.reason

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.data import atomic_write_text, parse_column
+from common.data import parse_column
 from common.encoding import TableEncoder
 from common.errors import InputError
+from common.fileio import atomic_write_text
 from common.privacy.accountant import PrivacyAccountant, default_delta
 from common.privacy.budget import PrivacyBudget
 from common.privacy.counts import counts_release, label_distribution, release_label_counts
