@@ -25,6 +25,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A seed for numpy's generators, which take whole numbers from 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
 def cmd_sim_data(args: argparse.Namespace) -> int:
     from simulation.hospitals import write_sim_data
 
@@ -118,6 +129,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from common.fileio import atomic_write_text
+    from common.metrics.evaluate import evaluate_files
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; --out takes the path of the JSON file to write "
+                         f"(e.g. {out / 'evaluation.json'}).")
+    result = evaluate_files(args.schema, args.real, args.synthetic, seed=args.seed)
+    atomic_write_text(out, json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+    m = result.metrics
+    fid, util, priv = m["fidelity"], m["utility"], m["privacy"]
+    print(f"{args.real}: train {m['n_train']}, test {m['n_test']} records. Fidelity: column shapes "
+          f"{fid['column_shapes']}, column pair trends {fid['column_pair_trends']}, detection AUC "
+          f"{fid['detection_auc']}. Macro-F1: TRTR {util['trtr_macro_f1']}, TSTR "
+          f"{util['tstr_macro_f1']}, augmented {util['augmented_macro_f1']}. Privacy: exact copies "
+          f"{priv['exact_copies']}, DCR overfitting protection {priv['dcr_overfitting_protection']}, "
+          f"MIA AUC {priv['mia_auc']}.")
+    print(f"Wrote {out} (small cells suppressed: under {result.plots['min_cell']} records).")
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from common.certs import write_certificates
 
@@ -190,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     gen.add_argument("--out", required=True, help="output .csv or .parquet file")
     gen.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="score a synthetic file against one site's data, locally")
+    ev.add_argument("--schema", required=True)
+    ev.add_argument("--real", required=True, help="the site's data file (.csv or .parquet)")
+    ev.add_argument("--synthetic", required=True, help="the synthetic file (.csv or .parquet)")
+    ev.add_argument("--out", required=True, help="the JSON file to write (METRICS and plot data)")
+    ev.add_argument("--seed", type=_seed, default=0, help="split and metric seed (0)")
+    ev.set_defaults(func=cmd_evaluate)
 
     certs = sub.add_parser("certs", help="CA, SuperLink certificate and one key pair per site")
     certs.add_argument("--out", required=True)

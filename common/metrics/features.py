@@ -128,6 +128,15 @@ class FeatureEncoder:
         return pd.Series(pd.Categorical(pooled, categories=[*kept, "<other>"]), index=series.index)
 
 
+def unit_interval(series: pd.Series, col: Column) -> np.ndarray:
+    """A number or date column scaled to [0, 1] by its public schema bounds, never by the data's
+    range (missing stays NaN). Distances and histogram bins are then comparable across sites."""
+    if col.type == "datetime":
+        lo, hi = pd.Timestamp(col.min), pd.Timestamp(col.max)
+        return ((pd.to_datetime(series) - lo) / (hi - lo)).to_numpy(dtype="float64")
+    return (series.astype("float64").to_numpy() - col.min) / (col.max - col.min)
+
+
 def feature_columns(schema: Schema) -> list[Column]:
     """The label's predictors: the modeled columns without the label."""
     return [c for c in schema.modeled_columns if c.role != "label"]

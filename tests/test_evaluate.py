@@ -1,0 +1,249 @@
+"""One site's evaluation: privacy metrics, suppressed plot data, the summary and `fedsynth evaluate`.
+
+Planted cases on simulated hospitals: a copy of the train split must be flagged by every privacy
+metric and an independent sample of the same hospital by none; shuffled columns must lose their
+associations; no released cell may hold fewer than 10 records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.data import load_site_data, stratified_split
+from common.metrics.bins import MIN_CELL, associations, cell_codes, plot_data, suppress
+from common.metrics.evaluate import jsonable, summarize
+from common.metrics.privacy import closest_distance, dcr_overfitting_protection, exact_copies, mia_auc
+from common.schema import Schema
+from fedsynth.cli import main
+from simulation.ed_schema import ed_trauma_schema
+from simulation.hospitals import simulate_site
+from tests.test_metrics import shuffled_columns
+
+SITE = "site-1-urban_trauma"
+CONTRACT_METRICS = {
+    "n_train": None, "n_test": None,
+    "fidelity": {"column_shapes", "column_pair_trends", "detection_auc", "wasserstein_mean"},
+    "utility": {"trtr_macro_f1", "tstr_macro_f1", "augmented_macro_f1", "per_class_recall_trtr",
+                "per_class_recall_augmented"},
+    "privacy": {"exact_copies", "dcr_overfitting_protection", "mia_auc"},
+    "text": None,
+}
+
+
+@pytest.fixture(scope="module")
+def site() -> tuple[Schema, dict[str, pd.DataFrame], pd.DataFrame]:
+    """One hospital's splits (308 / 96 / 96) and an independent sample of the same hospital."""
+    schema = ed_trauma_schema([SITE])
+    splits = stratified_split(simulate_site("urban_trauma", 500, 3, SITE), "mechanism", seed=0)
+    return schema, splits, simulate_site("urban_trauma", 600, 4, SITE)
+
+
+def test_a_copy_of_train_is_flagged_by_every_privacy_metric(site) -> None:
+    schema, split, independent = site
+    train, holdout = split["train"], split["holdout"]
+    copy = train.copy()
+    assert exact_copies(train, copy, schema) == len(train)
+    assert mia_auc(train, holdout, copy, schema) > 0.9
+    copied = dcr_overfitting_protection(train, holdout, copy, schema)
+    assert copied < 0.7
+
+    assert exact_copies(train, independent, schema) == 0
+    assert mia_auc(train, holdout, independent, schema) == pytest.approx(0.5, abs=0.08)
+    assert dcr_overfitting_protection(train, holdout, independent, schema) > copied + 0.15
+    # Seeded: the same inputs give the same figures.
+    assert mia_auc(train, holdout, independent, schema, seed=3) == mia_auc(train, holdout, independent,
+                                                                           schema, seed=3)
+
+
+def test_exact_copies_need_every_modeled_column(site) -> None:
+    schema, split, _ = site
+    train = split["train"]
+    near = train.iloc[:20].copy()
+    ages = near["age"].iloc[:5]
+    near.loc[near.index[:5], "age"] = ages.where(ages < 105, ages - 2) + 1  # one year off
+    near["narrative"] = "different text"  # not modeled: never compared
+    near["record_id"] = "x"
+    assert exact_copies(train, near, schema) == 15
+
+
+def test_closest_distance_scales_by_schema_bounds(schema, good_csv) -> None:
+    real = load_site_data(good_csv, schema)  # 7 modeled columns
+    assert np.allclose(closest_distance(real, real, schema), 0.0)
+    far = real.iloc[[0]].copy()
+    far["age"] = pd.array([0 if real["age"].iloc[0] > 52 else 105], dtype="Int64")  # > half its range
+    far["sex"] = "F" if real["sex"].iloc[0] == "M" else "M"
+    moved = abs(int(far["age"].iloc[0]) - int(real["age"].iloc[0])) / 105
+    assert closest_distance(far, real.iloc[[0]], schema)[0] == pytest.approx((moved + 1) / 7)
+    gone = real.iloc[[0]].copy()
+    gone["temp"] = np.nan  # missing vs present is the largest distance, 1; missing vs missing is 0
+    assert closest_distance(gone, real.iloc[[0]], schema)[0] == pytest.approx(1 / 7)
+    assert closest_distance(gone, gone, schema)[0] == 0.0
+
+
+def test_suppression_rule() -> None:
+    assert suppress([12, 15, 40]) == [12, 15, 40]
+    assert suppress([0, 20, 30]) == [None, 20, 30]  # an empty cell reveals no record
+    assert suppress([5, 20, 30]) == [None, None, 30]  # 5 alone would follow from n - 20 - 30
+    assert suppress([3, 4, 12, 50]) == [None, None, None, 50]  # 7 hidden: the smallest shown goes
+    assert suppress([3, 4, 5, 12, 50]) == [None, None, None, 12, 50]  # 12 hidden together: enough
+    assert suppress([3]) == [None]
+
+
+def test_plot_data_has_schema_bins_and_no_small_cells(site) -> None:
+    schema, split, independent = site
+    test = split["test"]
+    plots = plot_data(test, independent, schema)
+    assert plots["min_cell"] == MIN_CELL and "fewer than 10" in plots["note"]
+    assert set(plots["histograms"]) == {c.name for c in schema.modeled_columns}
+    for name, hist in plots["histograms"].items():
+        for side, n in (("real", len(test)), ("synthetic", len(independent))):
+            shown = [c for c in hist[side] if c is not None]
+            assert all(c >= MIN_CELL for c in shown), (name, side, hist[side])
+            hidden = n - sum(shown)
+            assert hidden == 0 or hidden >= MIN_CELL, (name, side)  # no cell follows by subtraction
+            assert len(hist[side]) == len(hist["cells"])
+    mechanism = plots["histograms"]["mechanism"]
+    assert mechanism["cells"] == list(schema["mechanism"].categories)
+    assert None in mechanism["real"]  # rare mechanisms at a 96-record test split
+    assert plots["histograms"]["triage_level"]["cells"] == ["1", "2", "3", "4", "5"]
+    assert plots["histograms"]["systolic_bp"]["cells"][-1] == "missing"
+    # Bins come from the schema: the oldest patients' data alone gives the same cells.
+    oldest = test[test["age"] > 70]
+    age_cells = plot_data(oldest, independent, schema)["histograms"]["age"]["cells"]
+    assert age_cells == plots["histograms"]["age"]["cells"]
+    assert len(age_cells) == 10 and age_cells[0] == "0-10" and age_cells[-1].endswith("-105")
+    json.dumps(plots, allow_nan=False)
+
+
+def test_cell_codes_cover_every_value(schema, good_csv) -> None:
+    real = load_site_data(good_csv, schema)
+    codes, cells = cell_codes(real["seen"], schema["seen"])
+    assert cells[0] == "2020-01-01 to 2020-07-01" and len(cells) == 10
+    assert codes[2] == 0  # the lower bound itself
+    codes, cells = cell_codes(real["alcohol"], schema["alcohol"])
+    assert cells == ["false", "true", "missing"] and list(codes) == [0, 2, 1]
+
+
+def test_shuffled_columns_lose_their_associations(site) -> None:
+    schema, split, independent = site
+    test = split["test"]
+
+    def mean_gap(synth: pd.DataFrame) -> float:
+        gaps = np.array(associations(test, synth, schema)["difference"], dtype=float)
+        return float(np.nanmean(np.abs(gaps)))
+
+    assert mean_gap(shuffled_columns(independent, schema, seed=1)) > mean_gap(independent) + 0.03
+    tiny = associations(test.iloc[:5], independent, schema)
+    assert tiny["difference"] is None  # under MIN_CELL records: no matrix at all
+
+
+def test_summarize_weights_by_test_records_and_sums_counts() -> None:
+    def metrics(n_test: int, f1: float, recall: float | None, copies: int) -> dict:
+        return {"n_train": 3 * n_test, "n_test": n_test,
+                "fidelity": {"column_shapes": f1, "column_pair_trends": f1, "detection_auc": 0.5,
+                             "wasserstein_mean": None},
+                "utility": {"trtr_macro_f1": f1, "per_class_recall_trtr": {"fall": f1, "firearm": recall}},
+                "privacy": {"exact_copies": copies, "mia_auc": 0.5}, "text": None}
+
+    summary = summarize({"a": metrics(100, 0.8, 0.5, 1), "b": metrics(300, 0.4, None, 2)})
+    assert summary["n_test"] == 400 and summary["n_train"] == 1200
+    assert summary["utility"]["trtr_macro_f1"] == pytest.approx(0.5)  # (100 * .8 + 300 * .4) / 400
+    assert summary["utility"]["per_class_recall_trtr"] == {"fall": 0.5, "firearm": 0.5}
+    assert summary["privacy"]["exact_copies"] == 3
+    assert summary["fidelity"]["wasserstein_mean"] is None and summary["text"] is None
+    with pytest.raises(ValueError):
+        summarize({})
+
+
+def test_jsonable_gives_plain_rounded_types() -> None:
+    out = jsonable({"a": np.float32(0.123456), "b": np.int64(3), "c": float("nan"), "d": [np.bool_(True)],
+                    "e": (np.inf, None, "x")})
+    assert out == {"a": 0.1235, "b": 3, "c": None, "d": [True], "e": [None, None, "x"]}
+    assert type(out["b"]) is int and type(out["d"][0]) is bool
+    json.dumps(out, allow_nan=False)
+
+
+# --- fedsynth evaluate ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def files(site, tmp_path_factory) -> dict[str, Path]:
+    schema, _, independent = site
+    root = tmp_path_factory.mktemp("evaluate")
+    real = simulate_site("urban_trauma", 400, 5, SITE)
+    paths = {"schema": root / "schema.yaml", "real": root / "site.csv", "synthetic": root / "synth.csv"}
+    schema.save(paths["schema"])
+    real.to_csv(paths["real"], index=False)
+    independent.iloc[:400][schema.output_columns].to_csv(paths["synthetic"], index=False)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def evaluated(files) -> dict:
+    out = files["real"].parent / "out" / "evaluation.json"
+    assert main(["evaluate", "--schema", str(files["schema"]), "--real", str(files["real"]),
+                 "--synthetic", str(files["synthetic"]), "--out", str(out), "--seed", "1"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_evaluate_writes_every_contract_key(evaluated) -> None:
+    for key, inner in CONTRACT_METRICS.items():
+        assert key in evaluated
+        if inner:
+            assert set(evaluated[key]) == inner, key
+    assert evaluated["text"] is None
+    assert evaluated["n_train"] + evaluated["n_test"] < 400 and evaluated["n_test"] >= MIN_CELL
+    assert 0 <= evaluated["fidelity"]["detection_auc"] <= 1
+    assert evaluated["privacy"]["exact_copies"] == 0
+    assert set(evaluated["plots"]) == {"min_cell", "note", "label", "histograms", "associations"}
+
+
+def test_evaluate_suppresses_recall_of_small_classes(evaluated, files) -> None:
+    schema = Schema.load(files["schema"])
+    test = stratified_split(load_site_data(files["real"], schema), "mechanism", seed=1)["test"]
+    support = test["mechanism"].astype(str).value_counts()
+    for key in ("per_class_recall_trtr", "per_class_recall_augmented"):
+        recalls = evaluated["utility"][key]
+        assert list(recalls) == list(schema["mechanism"].categories)  # absent classes too
+        for cls, recall in recalls.items():
+            assert (recall is None) == (support.get(cls, 0) < MIN_CELL), (key, cls)
+            assert recall is None or 0 <= recall <= 1
+    assert any(r is None for r in recalls.values()) and any(r is not None for r in recalls.values())
+
+
+def _run_bad(files: dict[str, Path], tmp_path: Path, capsys, **swap: Path) -> str:
+    out = tmp_path / "bad.json"
+    args = {**files, **swap}
+    code = main(["evaluate", "--schema", str(args["schema"]), "--real", str(args["real"]),
+                 "--synthetic", str(args["synthetic"]), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".bad.json*"))
+    return err
+
+
+def test_evaluate_bad_input_exits_2_and_writes_nothing(files, tmp_path: Path, capsys) -> None:
+    lines = files["synthetic"].read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("mechanism")] = "meteorite"
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    err = _run_bad(files, tmp_path, capsys, synthetic=unknown)
+    assert "unknown.csv" in err and "row 1, column 'mechanism', value 'meteorite'" in err
+    assert "Fix: pass a synthetic file" in err and "quarantine" not in err
+
+    no_label = tmp_path / "no_label.csv"
+    pd.read_csv(files["synthetic"]).drop(columns=["mechanism"]).to_csv(no_label, index=False)
+    assert "'mechanism'" in _run_bad(files, tmp_path, capsys, synthetic=no_label)
+
+    small = tmp_path / "small.csv"
+    pd.read_csv(files["real"]).iloc[:30].to_csv(small, index=False)
+    err = _run_bad(files, tmp_path, capsys, real=small)
+    assert "small.csv" in err and "at least 50 valid records" in err
+
+    assert "not found" in _run_bad(files, tmp_path, capsys, real=tmp_path / "none.csv")
