@@ -81,11 +81,14 @@ def make_client_app(resolve_site: SiteResolver) -> ClientApp:
 
         try:
             task = SiteTask(resolve_site(context), RunPlan.from_config(msg.content["plan"]))
-            counts = task.label_counts()
+            counts, tables = task.label_counts()
             epsilon = task.epsilon_spent()
         except InputError as exc:
             return _error_reply(msg, exc)
-        content = RecordDict({"counts": MetricRecord({"counts": [float(c) for c in counts]}),
+        released = {"counts": [float(c) for c in counts]}
+        if tables is not None:
+            released["tables"] = [float(c) for c in tables.ravel()]
+        content = RecordDict({"counts": MetricRecord(released),
                               "privacy": MetricRecord({"epsilon": epsilon})})
         return Message(content, reply_to=msg)
 

@@ -3,7 +3,8 @@
 State lives in ``STATE_DIR/RUN/``: the privacy ledger (the source of truth for the spend), the
 synthesizer's state after the last round, and each round's update. A round the site already
 trained is answered from its saved update, so a coordinator that resends a round after a crash
-never makes the site spend budget twice.
+never makes the site spend budget twice. The local-only baseline (the site's own model, the
+yardstick of what federating gains it) is trained there once too, and never leaves the site.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class SiteTask:
         self.schema = Schema.load(site.schema_path)
         self.folder = site.state_dir / plan.run
         self.model_folder = self.folder / f"tabular-{plan.kind}"
+        self.local_folder = self.folder / f"tabular-{plan.kind}-local"
 
     @property
     def ledger_path(self) -> Path:
@@ -42,31 +44,36 @@ class SiteTask:
                                quarantine_path=self.site.state_dir / "quarantine.csv")
         return stratified_split(frame, self.schema.label.name, self.plan.seed)["train"]
 
-    def _synthesizer(self) -> TabularSynthesizer:
-        """The site's synthesizer, restored from its last saved state (or a new one)."""
+    def _synthesizer(self, folder: Path | None = None) -> TabularSynthesizer:
+        """The site's federated synthesizer (or the one of ``folder``: its name in the ledger is
+        the folder's), restored from its last saved state, or a new one with the run's initial
+        weights."""
+        folder = folder or self.model_folder
         synth = TabularSynthesizer(self.schema, kind=self.plan.kind, epsilon=self.site.epsilon_tabular,
                                    delta=self.site.delta, config=self.plan.tabular_config,
-                                   seed=self.plan.seed, ledger=self.ledger_path)
-        state_file = self.model_folder / "state.pt"
+                                   seed=self.plan.seed, ledger=self.ledger_path, name=folder.name)
+        state_file = folder / "state.pt"
         if state_file.exists():
             synth.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
             synth.epsilon = self.site.epsilon_tabular  # the site's current budget always wins
         return synth
 
-    def _save(self, synth: TabularSynthesizer) -> None:
-        self.model_folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.model_folder / ".state.pt.tmp"
+    def _save(self, synth: TabularSynthesizer, folder: Path | None = None) -> None:
+        folder = folder or self.model_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".state.pt.tmp"
         torch.save(synth.state_dict(), tmp)
-        tmp.replace(self.model_folder / "state.pt")
+        tmp.replace(folder / "state.pt")
 
-    def label_counts(self) -> np.ndarray:
-        """DP label counts (charged once, to the ledger, before they are returned)."""
+    def label_counts(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """DP label counts and (for a model that uses them) class-conditional tables: one release,
+        charged once, to the ledger, before it is returned."""
         train = self.train_split()
         synth = self._synthesizer()
         synth.plan(len(train), self.plan.rounds * self.plan.local_steps)
         counts = synth.release_label_counts(train)
         self._save(synth)
-        return counts
+        return counts, synth.released_label_tables()
 
     def train_round(self, round_: int, global_weights: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
         """``local_steps`` DP-SGD steps from the global weights; the spend is in the ledger before
@@ -82,7 +89,8 @@ class SiteTask:
         synth = self._synthesizer()
         synth.plan(len(train), self.plan.rounds * self.plan.local_steps)
         synth.set_weights(global_weights)
-        epsilon = synth.train_steps(train, self.plan.local_steps, round=round_)
+        epsilon = synth.train_steps(train, self.plan.local_steps, round=round_,
+                                    proximal_mu=self.plan.proximal_mu)
         weights = synth.get_weights()
         self._save(synth)
         arrays = {f"w{i}": w for i, w in enumerate(weights)}
@@ -90,6 +98,20 @@ class SiteTask:
         np.savez(tmp, epsilon=np.float64(-1.0 if epsilon is None else epsilon), **arrays)
         tmp.replace(cached)
         return weights, (-1.0 if epsilon is None else float(epsilon))
+
+    def local_only_synthetic(self, n_records: int, seed: int) -> pd.DataFrame:
+        """``n_records`` from the local-only baseline: the site's model trained alone, with the
+        same budget, total steps (rounds x local steps) and initial weights as its federated one.
+
+        Trained once (a restart samples the saved model, spending nothing twice), under its own
+        name in the site's ledger so the audit shows its spend. The model stays here: only what
+        is computed from its records (evaluation figures) may leave the site.
+        """
+        synth = self._synthesizer(self.local_folder)
+        if not (self.local_folder / "state.pt").exists():
+            synth.fit(self.train_split(), steps=self.plan.rounds * self.plan.local_steps)
+            self._save(synth, self.local_folder)
+        return synth.sample(n_records, seed=seed)
 
     def epsilon_spent(self) -> float:
         synth = self._synthesizer()

@@ -22,11 +22,17 @@ class RunPlan:
     local_steps: int
     seed: int
     tabular_config: dict[str, Any]
+    proximal_mu: float = 0.0  # FedProx's mu for non-IID sites; 0 is plain FedAvg
+
+    def __post_init__(self) -> None:
+        if not self.proximal_mu >= 0:
+            raise InputError(f"proximal_mu must be >= 0 (0 is FedAvg), got {self.proximal_mu}.")
 
     def to_config(self) -> dict[str, Any]:
         return {"run": self.run, "kind": self.kind, "rounds": self.rounds,
                 "local_steps": self.local_steps, "seed": self.seed,
-                "tabular_config": json.dumps(self.tabular_config, sort_keys=True)}
+                "tabular_config": json.dumps(self.tabular_config, sort_keys=True),
+                "proximal_mu": self.proximal_mu}
 
     @classmethod
     def from_config(cls, config: Any) -> RunPlan:
@@ -35,4 +41,5 @@ class RunPlan:
             raise InputError(f"run name {run!r} is not a safe folder name.")
         return cls(run=run, kind=str(config["kind"]), rounds=int(config["rounds"]),
                    local_steps=int(config["local_steps"]), seed=int(config["seed"]),
-                   tabular_config=json.loads(str(config["tabular_config"])))
+                   tabular_config=json.loads(str(config["tabular_config"])),
+                   proximal_mu=float(config["proximal_mu"]))

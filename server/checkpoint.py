@@ -18,7 +18,9 @@ class RunState:
     rounds_done: int = 0
     label_counts: dict[str, list[float]] = field(default_factory=dict)  # DP, per site name
     site_epsilon: dict[str, float] = field(default_factory=dict)
+    label_tables: dict[str, list[float]] = field(default_factory=dict)  # DP, per site name
     dropped: list[str] = field(default_factory=list)  # "round r: site: reason"
+    round_seconds: list[float] = field(default_factory=list)  # wall time of each round, retries included
 
 
 def save_checkpoint(folder: Path, state: RunState, weights: list[np.ndarray]) -> None:

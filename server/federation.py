@@ -11,6 +11,7 @@ with a message when retries are used up: it never waits forever.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,13 @@ class FederationSettings:
     round_retries: int = 1
     max_update_norm: float = 1e3
     resume: bool = False
+    proximal_mu: float = 0.0  # FedProx (sites' local objective + mu/2 ||w - w_global||²); 0 = FedAvg
 
     @property
     def plan(self) -> RunPlan:
         return RunPlan(run=self.run, kind=self.kind, rounds=self.rounds, local_steps=self.local_steps,
-                       seed=self.seed, tabular_config=self.tabular_config)
+                       seed=self.seed, tabular_config=self.tabular_config,
+                       proximal_mu=self.proximal_mu)
 
 
 @dataclass
@@ -82,7 +85,10 @@ def collect_label_counts(grid: Grid, nodes: dict[int, str], settings: Federation
     content = RecordDict({"plan": ConfigRecord(settings.plan.to_config())})
     replies = _send(grid, nodes, "query.label_counts", content, settings.round_timeout_s)
     for site, reply in replies.items():
-        state.label_counts[site] = [float(c) for c in reply.content["counts"]["counts"]]
+        released = reply.content["counts"]
+        state.label_counts[site] = [float(c) for c in released["counts"]]
+        if "tables" in released:
+            state.label_tables[site] = [float(c) for c in released["tables"]]
         state.site_epsilon[site] = float(reply.content["privacy"]["epsilon"])
     kept = {node: site for node, site in nodes.items() if site in replies}
     if len(kept) < settings.quorum:
@@ -127,6 +133,14 @@ def global_synthesizer(settings: FederationSettings, schema: Schema) -> TabularS
                               config=settings.tabular_config, seed=settings.seed)
 
 
+def initial_weights(synth: TabularSynthesizer, tables: list[list[float]]) -> list[np.ndarray]:
+    """Round 1 starts from the sum of the sites' DP class-conditional tables (post-processing),
+    so every site's first update refines the same label path."""
+    if tables:
+        synth.set_label_tables(np.sum(tables, axis=0))
+    return synth.get_weights()
+
+
 def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult:
     schema = Schema.load(settings.schema_path)
     checkpoint_dir = settings.run_dir / "checkpoint"
@@ -141,9 +155,13 @@ def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult
                           timeout_s=settings.handshake_timeout_s,
                           reply_timeout_s=min(settings.round_timeout_s, 300.0))
     nodes = collect_label_counts(grid, nodes, settings, state)
+    if state.rounds_done == 0 and synth.uses_label_tables:
+        weights = initial_weights(synth, [state.label_tables[s] for s in sorted(nodes.values())])
     for round_ in range(state.rounds_done + 1, settings.rounds + 1):
+        started = time.monotonic()
         weights = train_round(grid, nodes, round_, weights, settings, state)
         state.rounds_done = round_
+        state.round_seconds.append(time.monotonic() - started)
         save_checkpoint(checkpoint_dir, state, weights)
     synth.set_weights(weights)
     synth.set_label_counts(np.sum([state.label_counts[s] for s in sorted(nodes.values())], axis=0))

@@ -30,4 +30,5 @@ def settings_from_run_config(config: Mapping[str, Any]) -> FederationSettings:
         round_timeout_s=float(config.get("round-timeout-s", 600)),
         round_retries=int(config.get("round-retries", 1)),
         max_update_norm=float(config.get("max-update-norm", 1e3)),
-        resume=bool(config.get("resume", False)))
+        resume=bool(config.get("resume", False)),
+        proximal_mu=float(config.get("proximal-mu", 0.0)))

@@ -27,6 +27,7 @@ class InProcessGrid:
         self.client_app = client_app
         self.tamper = tamper  # optional (node, reply) -> reply, to craft bad replies
         self.sent: list[str] = []
+        self.messages: list[Message] = []  # what the server sent, in order
         self.contexts = {node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(),
                                        run_config={}) for node, cfg in node_configs.items()}
 
@@ -40,6 +41,7 @@ class InProcessGrid:
             delivered = instruction(msg.content, msg.metadata.message_type, dst_node_id=node,
                                     group_id=msg.metadata.group_id)
             self.sent.append(f"{msg.metadata.message_type}:{msg.metadata.group_id}:{node}")
+            self.messages.append(msg)
             reply = self.client_app(delivered, self.contexts[node])
             replies.append(self.tamper(node, reply) if self.tamper else reply)
         return replies

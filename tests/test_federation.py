@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from client.client_app import ERROR_BUDGET, make_client_app
 from client.site_config import SiteConfig
+from client.task import SiteTask
+from common.errors import InputError
 from common.privacy.ledger import Ledger, epsilon_from_ledger
+from common.run_plan import RunPlan
+from common.schema import Schema
 from common.tabular.synthesizer import TabularSynthesizer
 from server.aggregate import update_problem, weighted_average
 from server.federation import FederationSettings, run_federation
 from server.handshake import QuorumError
+from server.settings import settings_from_run_config
+from simulation.baselines import centralized_synthetic, pooled_split
 from simulation.hospitals import write_sim_data
+from simulation.profiles import RunProfile
 from tests.flower_helpers import InProcessGrid
 
 TINY = {"batch_size": 32, "model": {"hidden": [32, 32], "latent_dim": 8}}
@@ -59,7 +68,7 @@ def test_run_trains_aggregates_and_keeps_every_site_in_budget(tmp_path, sites, s
                                                         strict=True))
     for config in configs.values():
         entries = _ledger(config).read()
-        assert [e.round for e in entries if e.note != "label counts"] == [1, 2, 3]
+        assert [e.round for e in entries if not e.note.startswith("label counts")] == [1, 2, 3]
         spent = epsilon_from_ledger(entries, entries[-1].delta)
         assert 0 < spent <= 4.0 + 1e-9
         assert result.state.site_epsilon[config.name] == pytest.approx(spent)
@@ -88,9 +97,9 @@ def test_resume_repeats_no_round_and_spends_nothing_twice(tmp_path, sites, serve
     assert trained_rounds == {"3"}  # rounds 1 and 2 were not sent again
     for config in configs.values():
         entries = _ledger(config).read()
-        assert [e.note for e in entries].count("label counts") == 1
+        assert [e.note for e in entries].count("label counts + class tables") == 1
         # Site 1 trained round 3 before the crash: resending it reused the saved update.
-        assert [e.round for e in entries if e.note != "label counts"] == [1, 2, 3]
+        assert [e.round for e in entries if not e.note.startswith("label counts")] == [1, 2, 3]
 
 
 def _corrupt(kind: str):
@@ -193,3 +202,83 @@ def test_error_replies_never_carry_site_details() -> None:
     reply = _error_reply(msg, InputError("column 'age' has 1 value(s) outside bounds (e.g. 131)"))
     assert reply.error.code == ERROR_INPUT
     assert "131" not in reply.error.reason and "age" not in reply.error.reason
+
+
+# --- FedProx ------------------------------------------------------------------------------------
+def test_proximal_mu_travels_from_the_run_config_to_the_sites_plan() -> None:
+    settings = settings_from_run_config({"schema-path": "schema.yaml", "proximal-mu": 0.5})
+    received = RunPlan.from_config(ConfigRecord(settings.plan.to_config()))
+    assert received == settings.plan and received.proximal_mu == 0.5
+    assert settings_from_run_config({"schema-path": "schema.yaml"}).plan.proximal_mu == 0.0  # FedAvg
+    with pytest.raises(InputError, match="proximal_mu"):
+        replace(settings, proximal_mu=-1.0).plan  # noqa: B018
+
+
+def test_fedprox_keeps_a_site_near_the_global_model_at_no_privacy_cost(tmp_path, sites) -> None:
+    """Same data, seeds and global weights: a strong proximal term shortens the site's step away
+    from the global model and leaves the epsilon spent unchanged."""
+    schema_path, configs = sites
+    config = {**TINY, "dp_seed": 3}
+    start = TabularSynthesizer(Schema.load(schema_path), kind="vae", epsilon=None, config=config,
+                               seed=1).get_weights()
+
+    def first_round(mu: float) -> tuple[float, float]:
+        plan = RunPlan(run="t", kind="vae", rounds=1, local_steps=20, seed=1, tabular_config=config,
+                       proximal_mu=mu)
+        task = SiteTask(replace(configs[1], state_dir=tmp_path / f"mu-{mu}"), plan)
+        task.label_counts()
+        weights, epsilon = task.train_round(1, start)
+        return float(np.sqrt(sum(((w - s) ** 2).sum() for w, s in zip(weights, start, strict=True)))), epsilon
+
+    (free, spent_free), (pulled, spent_pulled) = first_round(0.0), first_round(10.0)
+    assert pulled < 0.6 * free, (pulled, free)
+    assert spent_pulled == spent_free
+
+
+# --- baselines ----------------------------------------------------------------------------------
+def test_local_only_baseline_trains_once_under_its_own_name_in_the_site_ledger(sites) -> None:
+    schema_path, configs = sites
+    site = configs[1]
+    plan = RunPlan(run="t", kind="vae", rounds=3, local_steps=4, seed=1, tabular_config=TINY)
+    first = SiteTask(site, plan).local_only_synthetic(40, seed=0)
+    again = SiteTask(site, plan).local_only_synthetic(40, seed=0)  # a restarted site: no new spend
+    pd.testing.assert_frame_equal(first, again)
+    assert len(first) == 40 and first["age"].between(0, 105).all()
+    entries = _ledger(site).read()
+    assert [(e.model, e.note, e.steps) for e in entries] == [
+        ("tabular-vae-local", "label counts + class tables", 1), ("tabular-vae-local", "", 3 * 4)]
+    assert 0 < entries[-1].epsilon_after <= site.epsilon_tabular + 1e-9
+
+
+def test_centralized_baseline_trains_on_the_sites_train_splits_pooled(sites) -> None:
+    schema_path, configs = sites
+    schema = Schema.load(schema_path)
+    files = {c.name: c.data_path for c in configs.values()}
+    plan = RunPlan(run="t", kind="vae", rounds=3, local_steps=4, seed=1, tabular_config=TINY)
+    pooled = pooled_split(files, schema, seed=1)
+    assert len(pooled) == sum(len(SiteTask(c, plan).train_split()) for c in configs.values())
+    profile = RunProfile("t", sites=3, records_per_site=150, rounds=3, local_steps=4,
+                         synthetic_records=30, tabular_config=TINY)
+    synthetic = centralized_synthetic(files, schema, profile, "vae", epsilon=4.0, seed=1)
+    assert len(synthetic) == 30
+    assert list(synthetic.columns) == [c.name for c in schema.modeled_columns]
+
+
+def test_round_one_starts_from_the_sum_of_the_sites_dp_tables(tmp_path, sites, server_identity) -> None:
+    """Each site releases its class tables with its counts (one charged release); the server
+    initialises the global label path from their sum before the first round."""
+    schema_path, configs = sites
+    grid = _grid(configs)
+    result = run_federation(grid, _settings(tmp_path, schema_path, rounds=1))
+    tables = result.state.label_tables
+    assert sorted(tables) == result.sites
+    expected = TabularSynthesizer(_schema(schema_path), kind="vae", epsilon=None, config=TINY, seed=1)
+    untrained = expected.get_weights()
+    expected.set_label_tables(np.sum(list(tables.values()), axis=0))
+    sent = [m.content["weights"].to_numpy_ndarrays() for m in grid.messages
+            if m.metadata.message_type == "train.vae"]
+    assert sent and all(np.array_equal(a, b) for a, b in zip(sent[0], expected.get_weights(), strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(sent[0], untrained, strict=True))
+    for config in configs.values():
+        release = _ledger(config).read()[0]
+        assert (release.note, release.round) == ("label counts + class tables", None)

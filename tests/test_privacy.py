@@ -19,7 +19,7 @@ from common.privacy.budget import PrivacyBudget
 from common.privacy.counts import counts_release, label_distribution, release_label_counts
 from common.privacy.ledger import Ledger, epsilon_from_ledger
 from common.tabular.base import Span, TabularModel
-from common.tabular.trainer import Trainer, TrainSettings, sample_rate
+from common.tabular.trainer import Proximal, Trainer, TrainSettings, sample_rate
 
 DELTA = 1e-5
 
@@ -249,3 +249,34 @@ def test_non_private_mode_trains_with_plain_adam() -> None:
     first = trainer.train_steps(5)
     last = trainer.train_steps(100)
     assert last < 0.5 * first
+
+
+@pytest.mark.parametrize("noise", [1.0, None], ids=["dp", "no-dp"])
+def test_proximal_gradient_is_added_after_clipping_and_noise_and_costs_nothing(noise) -> None:
+    """FedProx: every step, the gradient Adam receives is the one of the same seeds without the
+    term (clipped and noised) plus exactly mu·(w - anchor). Had the term gone into the loss, ghost
+    clipping would have scaled it with the records' gradients and the difference would not be
+    exact. lr 0 keeps the weights put, so all steps compare, not only the first."""
+    mu = 0.3
+
+    def gradients(proximal: bool) -> tuple[list[list[torch.Tensor]], Trainer, list[torch.Tensor]]:
+        trainer = tiny_trainer(noise=noise, lr=0.0)
+        anchor = [p.detach() + 0.5 for p in trainer.model.parameters()]
+        base = trainer.optimizer.original_optimizer if noise else trainer.optimizer
+        seen: list[list[torch.Tensor]] = []
+        base.register_step_pre_hook(
+            lambda *_: seen.append([p.grad.clone() for p in trainer.model.parameters()]))
+        trainer.train_steps(5, round=1, proximal=Proximal(mu, anchor) if proximal else None)
+        return seen, trainer, anchor
+
+    plain, plain_trainer, _ = gradients(False)
+    pulled, pulled_trainer, anchor = gradients(True)
+    assert len(plain) == len(pulled) == 5
+    for step_plain, step_pulled in zip(plain, pulled, strict=True):
+        for g, g_prox, w, a in zip(step_plain, step_pulled, params(pulled_trainer.model), anchor,
+                                   strict=True):
+            torch.testing.assert_close(g_prox, g + mu * (w - a), rtol=1e-5, atol=1e-7)
+    if noise is not None:
+        assert pulled_trainer.budget.spent() == plain_trainer.budget.spent()
+        strip = lambda t: [{**vars(e), "time": 0} for e in t.budget.ledger.read()]  # noqa: E731
+        assert strip(pulled_trainer) == strip(plain_trainer)

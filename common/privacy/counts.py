@@ -22,9 +22,19 @@ def release_label_counts(y: np.ndarray, n_classes: int, budget: PrivacyBudget,
                          noise_multiplier: float, rng: np.random.Generator,
                          round: int | None = None) -> np.ndarray:
     """Charge the budget, then return the noisy class counts (clipped at 0, float)."""
-    budget.charge(noise_multiplier, 1.0, 1, round=round, note="label counts")
     exact = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes).astype(np.float64)
-    return np.clip(exact + rng.normal(0.0, noise_multiplier, n_classes), 0.0, None)
+    return np.clip(release_counts(exact, budget, noise_multiplier, rng, round=round), 0.0, None)
+
+
+def release_counts(exact: np.ndarray, budget: PrivacyBudget, noise_multiplier: float,
+                   rng: np.random.Generator, sensitivity: float = 1.0, round: int | None = None,
+                   note: str = "label counts") -> np.ndarray:
+    """Gaussian mechanism on a vector of counts with L2 ``sensitivity``: noise of standard
+    deviation ``noise_multiplier * sensitivity``, charged (before release) as one release of
+    ``noise_multiplier``, which is its privacy cost. Returns the raw noisy counts."""
+    budget.charge(noise_multiplier, 1.0, 1, round=round, note=note)
+    exact = np.asarray(exact, dtype=np.float64)
+    return exact + rng.normal(0.0, noise_multiplier * sensitivity, exact.shape)
 
 
 def label_distribution(counts: np.ndarray) -> np.ndarray:

@@ -15,13 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
 from common.data import atomic_write_text
 from common.errors import InputError
-
-ORDERS: list[float] = list(RDPAccountant.DEFAULT_ALPHAS)
+from common.privacy.accountant import ORDERS
 
 
 @dataclass(frozen=True)

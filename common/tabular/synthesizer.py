@@ -28,11 +28,12 @@ from common.errors import InputError
 from common.fileio import atomic_write_text
 from common.privacy.accountant import PrivacyAccountant, default_delta
 from common.privacy.budget import PrivacyBudget
-from common.privacy.counts import counts_release, label_distribution, release_label_counts
+from common.privacy.counts import counts_release, label_distribution, release_counts
 from common.privacy.ledger import Ledger, LedgerEntry
 from common.schema import Schema
 from common.tabular.base import TabularModel
-from common.tabular.trainer import Trainer, TrainSettings, resolve_device, sample_rate
+from common.tabular.label_stats import label_tables, sensitivity
+from common.tabular.trainer import Proximal, Trainer, TrainSettings, resolve_device, sample_rate
 from fedsynth import __version__
 
 MODEL_CLASSES: dict[str, str] = {"vae": "common.tabular.vae:TabularVAE",
@@ -42,7 +43,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "steps": 2000,            # optimizer steps of fit()
     "lr": 1e-3,
     "max_grad_norm": 1.0,     # per-sample clipping bound C
-    "counts_fraction": 0.1,   # share of epsilon spent on the noisy label counts
+    "counts_fraction": None,  # share of epsilon for the label statistics; None: 0.5 with
+                              # class-conditional tables (VAE), 0.1 for the label counts alone
     "max_draws_per_record": 200,  # rejection sampling gives up beyond this many candidates/record
     "dp_seed": None,          # seeds DP sampling and noise; None = OS entropy (keep it so)
     "model": {},              # keyword arguments of the model class
@@ -56,14 +58,18 @@ class TabularSynthesizer:
     (``epsilon``, ``delta``)-DP, or without DP when ``epsilon`` is None (baselines).
 
     ``ledger`` is where this site's spends are logged (a path, a Ledger, or None for memory only:
-    tests and benchmarks). ``seed`` fixes model initialisation (and batches when not private).
+    tests and benchmarks), under ``name`` (default ``tabular-KIND``): another model of the same
+    site, such as its local-only baseline, keeps its own budget and accountant in the same ledger.
+    ``seed`` fixes model initialisation (and batches when not private).
     """
 
     def __init__(self, schema: Schema, kind: str = "vae", epsilon: float | None = 3.0,
                  delta: float | None = None, config: Mapping[str, Any] | None = None,
-                 device: str = "auto", seed: int = 0, ledger: str | Path | Ledger | None = None) -> None:
+                 device: str = "auto", seed: int = 0, ledger: str | Path | Ledger | None = None,
+                 name: str | None = None) -> None:
         self.schema = schema
         self.kind = kind
+        self.model_name = name or f"tabular-{kind}"  # this model's spends in the site's ledger
         self.epsilon = None if epsilon is None else float(epsilon)
         self.delta = delta
         self.config = _resolve_config(config)
@@ -78,6 +84,7 @@ class TabularSynthesizer:
         self.budget: PrivacyBudget | None = None
         self.label_counts: np.ndarray | None = None  # what sampling draws labels from
         self._own_counts: np.ndarray | None = None  # this site's release, made once
+        self._own_tables: np.ndarray | None = None  # its class-conditional tables (same release)
         self._saved_accountant: PrivacyAccountant | None = None  # from a loaded state
         self._plan: dict[str, Any] | None = None
         self._trainer: Trainer | None = None
@@ -88,17 +95,14 @@ class TabularSynthesizer:
     def private(self) -> bool:
         return self.epsilon is not None
 
-    @property
-    def model_name(self) -> str:
-        """The name of this model's spends in the site's ledger."""
-        return f"tabular-{self.kind}"
-
     # --- training -------------------------------------------------------------------------
-    def fit(self, df: pd.DataFrame) -> TabularSynthesizer:
-        """Noisy label counts, noise calibrated once for ``config['steps']``, then training."""
-        self.plan(len(df), self.config["steps"])
+    def fit(self, df: pd.DataFrame, steps: int | None = None) -> TabularSynthesizer:
+        """Noisy label counts, noise calibrated once for ``steps`` (``config['steps']`` if None),
+        then training."""
+        steps = self.config["steps"] if steps is None else steps
+        self.plan(len(df), steps)
         self.release_label_counts(df)
-        self.train_steps(df, self.config["steps"])
+        self.train_steps(df, steps)
         return self
 
     def plan(self, n_records: int, planned_steps: int) -> float | None:
@@ -118,7 +122,7 @@ class TabularSynthesizer:
         if self.private:
             self.delta = self.delta if self.delta is not None else default_delta(n_records)
             self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
-            counts = counts_release(self.config["counts_fraction"] * self.epsilon, self.delta)
+            counts = counts_release(self.counts_fraction * self.epsilon, self.delta)
             reserved = [] if self._own_counts is not None else [counts]
             q = sample_rate(n_records, self.config["batch_size"])
             plan["counts_noise"] = counts[0]
@@ -126,20 +130,51 @@ class TabularSynthesizer:
         self._plan = plan
         return plan["noise_multiplier"]
 
+    @property
+    def uses_label_tables(self) -> bool:
+        """Whether the model starts from class-conditional marginals (see ``label_stats``)."""
+        return hasattr(self.model, "init_from_label_tables")
+
+    @property
+    def counts_fraction(self) -> float:
+        configured = self.config["counts_fraction"]
+        return configured if configured is not None else 0.5 if self.uses_label_tables else 0.1
+
     def release_label_counts(self, df: pd.DataFrame, round: int | None = None) -> np.ndarray:
-        """The label counts that may leave the site: DP (charged once) when private, exact
-        otherwise. Later calls return the same release; fresh noise would cost budget again."""
+        """The label statistics that may leave the site, DP (charged once) when private, exact
+        otherwise: the label counts and, for a model that uses them, the class-conditional
+        tables (one Gaussian release), which also initialise the model. Returns the counts; later
+        calls return the same release (fresh noise would cost budget again)."""
         if self._own_counts is None:
-            _, y = self.encoder.encode(df)
+            x, y = self.encoder.encode(df)
+            n_classes, spans = self.encoder.n_classes, self.encoder.spans
+            exact = np.bincount(y, minlength=n_classes).astype(np.float64)
+            tables = label_tables(x, y, spans, n_classes) if self.uses_label_tables else None
+            if tables is not None:
+                exact = np.concatenate([exact, tables.ravel()])
             if self.private:
                 self._require_plan()
                 rng = np.random.default_rng(self.config["dp_seed"])
-                self._own_counts = release_label_counts(y, self.encoder.n_classes, self.budget,
-                                                        self._plan["counts_noise"], rng, round)
-            else:
-                self._own_counts = np.bincount(y, minlength=self.encoder.n_classes).astype(float)
+                note = "label counts + class tables" if tables is not None else "label counts"
+                exact = release_counts(exact, self.budget, self._plan["counts_noise"], rng,
+                                       sensitivity(spans) if tables is not None else 1.0, round,
+                                       note=note)
+            self._own_counts = np.clip(exact[:n_classes], 0.0, None)
             self.label_counts = self._own_counts
+            if tables is not None:
+                self._own_tables = exact[n_classes:].reshape(n_classes, -1)
+                self.set_label_tables(self._own_tables)
         return self._own_counts.copy()
+
+    def released_label_tables(self) -> np.ndarray | None:
+        """This site's class-conditional tables, as released with its counts (None: not used)."""
+        return None if self._own_tables is None else self._own_tables.copy()
+
+    def set_label_tables(self, tables: np.ndarray | list[list[float]]) -> None:
+        """Initialise the model's label path from (aggregated) tables, e.g. the sum of the sites'
+        releases at the server before the first round."""
+        tables = np.asarray(tables, dtype=np.float64)
+        self.model.init_from_label_tables(tables.reshape(self.encoder.n_classes, -1))
 
     def set_label_counts(self, counts: np.ndarray | list[float]) -> None:
         """Install (aggregated) label counts, e.g. the sum of the sites' releases at the server."""
@@ -148,9 +183,12 @@ class TabularSynthesizer:
             raise ValueError(f"expected {self.encoder.n_classes} counts, got shape {counts.shape}")
         self.label_counts = counts
 
-    def train_steps(self, df: pd.DataFrame, k: int, round: int | None = None) -> float | None:
+    def train_steps(self, df: pd.DataFrame, k: int, round: int | None = None,
+                    proximal_mu: float = 0.0) -> float | None:
         """Exactly ``k`` local steps; refuses, training nothing, if they would exceed the budget.
-        Returns epsilon spent so far (None without DP)."""
+        ``proximal_mu`` > 0 adds FedProx's pull toward the weights at the start of the call (in a
+        federated round: the global model just set); it costs no privacy. Returns epsilon spent
+        so far (None without DP)."""
         x, y = self.encoder.encode(df)
         if self._plan is None and not self.private:
             self.plan(len(x), k)
@@ -160,7 +198,9 @@ class TabularSynthesizer:
                              f"has {len(x)}; train every round on the same training split.")
         if self._trainer is None:
             self._trainer = self._new_trainer(x, y)
-        self.local_loss = self._trainer.train_steps(k, round=round)
+        proximal = (Proximal(proximal_mu, [p.detach().clone() for p in self.model.parameters()])
+                    if proximal_mu > 0 else None)
+        self.local_loss = self._trainer.train_steps(k, round=round, proximal=proximal)
         return self.epsilon_spent()
 
     def _new_trainer(self, x: np.ndarray, y: np.ndarray) -> Trainer:
@@ -266,6 +306,7 @@ class TabularSynthesizer:
             "kind": self.kind, "epsilon": self.epsilon, "delta": self.delta, "seed": self.seed,
             "config": self.config, "model": self.model.state_dict(),
             "label_counts": _as_list(self.label_counts), "own_counts": _as_list(self._own_counts),
+            "own_tables": _as_list(self._own_tables),
             "plan": self._plan, "trainer": trainer,
             "accountant": None if accountant is None else accountant.to_dict(),
             "ledger": ([asdict(e) for e in self.ledger.read()] if self.ledger.path is None
@@ -285,6 +326,7 @@ class TabularSynthesizer:
         self.epsilon, self.delta = state["epsilon"], state["delta"]
         self.label_counts, self._own_counts = (_as_array(state["label_counts"]),
                                                _as_array(state["own_counts"]))
+        self._own_tables = _as_array(state.get("own_tables"))
         self._plan = None if state["plan"] is None else dict(state["plan"])
         self._pending_trainer_state = state["trainer"]
         self._saved_accountant = (None if state["accountant"] is None
@@ -354,7 +396,7 @@ def _resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise InputError(f"unknown tabular config key(s) {unknown}; allowed: {sorted(DEFAULT_CONFIG)}.")
     resolved = {**DEFAULT_CONFIG, **config}
-    if not 0 < resolved["counts_fraction"] < 1:
+    if resolved["counts_fraction"] is not None and not 0 < resolved["counts_fraction"] < 1:
         raise InputError(f"counts_fraction must lie in (0, 1), got {resolved['counts_fraction']}.")
     try:  # the config is saved in tabular.json: JSON types only (tuples become lists)
         return json.loads(json.dumps(resolved))

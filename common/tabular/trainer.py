@@ -11,7 +11,11 @@ restored sampler state continues the same stream. An empty Poisson batch is a le
 becomes a noise-only step, as in DP-SGD.
 
 The optimizer is Adam applied to the clipped, noised gradient: post-processing, so the guarantee is
-DP-SGD's. Privacy: each call charges the budget for its k steps *before* training (check, ledger,
+DP-SGD's. FedProx's proximal term mu/2·||w - anchor||² enters the same way, as the gradient
+mu·(w - anchor) added after clipping and noise: it reads no record (the anchor is the DP global
+model), so it costs no privacy. As a loss term it would be wrong: ghost clipping bounds per-sample
+norms computed from layer activations, and a gradient straight from the parameters would escape
+it. Privacy: each call charges the budget for its k steps *before* training (check, ledger,
 accountant), so no update can exist that the ledger does not already account for.
 """
 
@@ -43,6 +47,14 @@ class TrainSettings:
     max_grad_norm: float = 1.0
 
 
+@dataclass(frozen=True)
+class Proximal:
+    """FedProx's pull of the local weights toward ``anchor`` (the global model) with strength ``mu``."""
+
+    mu: float
+    anchor: list[torch.Tensor]
+
+
 def sample_rate(n_records: int, batch_size: int) -> float:
     """The Poisson rate Opacus derives from a loader of ``batch_size``: 1/len(loader), i.e.
     1/ceil(n/B); equal to B/n when B divides n."""
@@ -70,7 +82,8 @@ class Trainer:
     """Trains ``model`` on encoded rows ``(x, y)``: DP-SGD when ``noise_multiplier`` is given, else
     plain Adam on the same Poisson batches (baselines, benchmarks).
 
-    ``seed`` seeds batch sampling and noise. With ``seed=None`` they come from OS entropy and are
+    ``seed`` seeds batch sampling, DP noise and the model's own randomness (VAE reparameterisation,
+    diffusion timesteps). With ``seed=None`` they come from OS entropy and are
     never saved: a known seed would let anyone who sees an update recompute and remove its noise.
     """
 
@@ -92,10 +105,12 @@ class Trainer:
         base_seed = secrets.randbits(63) if seed is None else seed
         self.sample_generator = torch.Generator().manual_seed(base_seed)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(base_seed + 1)
+        self.model_generator = torch.Generator().manual_seed(base_seed + 2)  # VAE/DDPM noise
         self._sampler = UniformWithReplacementSampler(num_samples=len(self.x),
                                                       sample_rate=self.sample_rate,
                                                       generator=self.sample_generator)
         self._batches = iter(self._sampler)
+        self.model.train()  # Opacus attaches its hooks in training mode (sample() leaves eval)
         optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         if noise_multiplier is None:
             self.optimizer, self.criterion = optimizer, PerSampleLoss()
@@ -121,8 +136,9 @@ class Trainer:
                                f"{self.sample_rate}: the privacy accounting would be wrong")
         return dp_optimizer, criterion
 
-    def train_steps(self, k: int, round: int | None = None) -> float:
-        """Run exactly ``k`` optimizer steps (charging the budget first in DP mode).
+    def train_steps(self, k: int, round: int | None = None, proximal: Proximal | None = None) -> float:
+        """Run exactly ``k`` optimizer steps (charging the budget first in DP mode), with FedProx's
+        proximal gradient when ``proximal`` is given.
 
         Returns the mean training loss: for local logs only, it is not differentially private.
         """
@@ -131,25 +147,38 @@ class Trainer:
         if self.private:
             self.budget.charge(self.noise_multiplier, self.sample_rate, k, round=round)
         self.model.train()
-        losses = [loss for loss in (self._step() for _ in range(k)) if loss is not None]
+        losses = [loss for loss in (self._step(proximal) for _ in range(k)) if loss is not None]
         self.steps_done += k
         return float(np.mean(losses)) if losses else float("nan")
 
-    def _step(self) -> float | None:
+    def _step(self, proximal: Proximal | None) -> float | None:
         """One optimizer step; returns the batch's mean loss, None for an empty batch."""
         index = torch.as_tensor(self._next_batch(), dtype=torch.int64, device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
         if len(index) == 0:
             for p in self.model.parameters():
                 p.grad = torch.zeros_like(p)
-            self.optimizer.step()
+            self._optimizer_step(proximal)
             return None
-        loss = self.criterion(self.model(self.x[index], self.y[index]))
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.model_generator)))
+            loss = self.criterion(self.model(self.x[index], self.y[index]))
         with warnings.catch_warnings():  # the rows need no gradient; torch notes it every step
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             loss.backward()
-        self.optimizer.step()
+        self._optimizer_step(proximal)
         return loss.item()
+
+    def _optimizer_step(self, proximal: Proximal | None) -> None:
+        """What ``DPOptimizer.step`` does, with the proximal gradient added in between: ghost
+        clipping clipped in ``backward``, ``pre_step`` adds the noise and averages, then Adam."""
+        if self.private and not self.optimizer.pre_step():
+            return  # Opacus skips a step only while accumulating virtual batches: never here
+        if proximal is not None:
+            with torch.no_grad():
+                for p, anchor in zip(self.model.parameters(), proximal.anchor, strict=True):
+                    p.grad.add_(p - anchor, alpha=proximal.mu)
+        (self.optimizer.original_optimizer if self.private else self.optimizer).step()
 
     def _next_batch(self) -> list[int]:
         try:
@@ -165,7 +194,8 @@ class Trainer:
                                  "steps_done": self.steps_done}
         if self.seed is not None:
             state["rng"] = {"sample": self.sample_generator.get_state(),
-                            "noise": self.noise_generator.get_state()}
+                            "noise": self.noise_generator.get_state(),
+                            "model": self.model_generator.get_state()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -174,4 +204,5 @@ class Trainer:
         if self.seed is not None and "rng" in state:
             self.sample_generator.set_state(state["rng"]["sample"])
             self.noise_generator.set_state(state["rng"]["noise"])
+            self.model_generator.set_state(state["rng"]["model"])
             self._batches = iter(self._sampler)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .base import Span, TabularModel
+from .label_stats import conditional_init
 from .nn_blocks import MLP, SpanLayout
 
 
@@ -46,11 +49,26 @@ class TabularVAE(TabularModel):
         n_num, n_disc = self.layout.n_numeric, self.layout.n_discrete_cols
         self.encoder = MLP(self.dim + n_classes, hidden, 2 * latent_dim)
         self.decoder = MLP(latent_dim + n_classes, list(reversed(hidden)), 2 * n_num + n_disc)
+        # A direct label -> output path: per-class column marginals need no hidden layer, and
+        # under DP-SGD this is where the label's signal survives the noise. Zero until
+        # ``init_from_label_tables`` puts the DP class-conditional marginals there.
+        self.label_out = nn.Linear(n_classes, 2 * n_num + n_disc, bias=False)
+        nn.init.zeros_(self.label_out.weight)
+
+    @torch.no_grad()
+    def init_from_label_tables(self, tables: np.ndarray) -> None:
+        """Start the label path at the (noisy) class-conditional marginals of ``label_stats``:
+        the decoder's output then begins at p(column | label), and training learns the rest."""
+        means, scales, log_probs = conditional_init(tables, self.spans, self.min_sigma)
+        raw_sigma = np.log(np.expm1(np.maximum(scales - self.min_sigma, 1e-4)))  # softplus^-1
+        weight = np.concatenate([means, raw_sigma, log_probs], axis=1).T
+        self.label_out.weight.copy_(torch.as_tensor(weight, dtype=self.label_out.weight.dtype))
 
     def _decode(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latent code -> (numeric means, numeric scales, per-span log-probabilities)."""
         n_num, n_disc = self.layout.n_numeric, self.layout.n_discrete_cols
-        out = self.decoder(torch.cat([z, self._onehot(y, z)], dim=1))
+        onehot = self._onehot(y, z)
+        out = self.decoder(torch.cat([z, onehot], dim=1)) + self.label_out(onehot)
         mean, raw_sigma, logits = out.split([n_num, n_num, n_disc], dim=1)
         # A floor keeps the Gaussian NLL bounded when a column is (nearly) constant.
         sigma = self.min_sigma + F.softplus(raw_sigma)
