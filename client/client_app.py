@@ -7,6 +7,7 @@ updates with the epsilon spent. Problems with the site's own data or budget beco
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -109,6 +110,25 @@ def make_client_app(resolve_site: SiteResolver) -> ClientApp:
 
     app.train("vae")(train)
     app.train("ddpm")(train)
+
+    @app.evaluate("tabular")
+    def evaluate(msg: Message, context: Context) -> Message:
+        """Score the received synthetic sets (and the site's local-only baseline) on its
+        held-out data; figures and the site's spend per model go back, nothing else."""
+        from client.evaluation import evaluate_received
+        from client.task import SiteTask
+
+        try:
+            task = SiteTask(resolve_site(context), RunPlan.from_config(msg.content["plan"]))
+            request = msg.content["evaluate"]
+            received = {name: bytes(data) for name, data in msg.content["synthetic"].items()}
+            results = evaluate_received(task, received, int(request["local_only_records"]),
+                                        int(request["seed"]))
+        except InputError as exc:
+            return _error_reply(msg, exc)
+        return Message(RecordDict({"evaluation": ConfigRecord({"json": json.dumps(results)})}),
+                       reply_to=msg)
+
     return app
 
 

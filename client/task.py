@@ -10,6 +10,7 @@ yardstick of what federating gains it) is trained there once too, and never leav
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ import torch
 from client.site_config import SiteConfig
 from common.data import load_site_data, stratified_split
 from common.errors import InputError
+from common.privacy.ledger import Ledger, epsilon_from_ledger
 from common.run_plan import RunPlan
 from common.schema import Schema
 from common.tabular.synthesizer import TabularSynthesizer
@@ -38,11 +40,24 @@ class SiteTask:
     def ledger_path(self) -> Path:
         return self.folder / "ledger.jsonl"
 
-    def train_split(self) -> pd.DataFrame:
-        """The records the generators may see: the site's seeded, label-stratified train split."""
+    def splits(self) -> dict[str, pd.DataFrame]:
+        """The site's seeded, label-stratified train / holdout / test splits."""
         frame = load_site_data(self.site.data_path, self.schema, bad_rows=self.site.bad_rows,
                                quarantine_path=self.site.state_dir / "quarantine.csv")
-        return stratified_split(frame, self.schema.label.name, self.plan.seed)["train"]
+        return stratified_split(frame, self.schema.label.name, self.plan.seed)
+
+    def train_split(self) -> pd.DataFrame:
+        """The records the generators may see: the train split."""
+        return self.splits()["train"]
+
+    def spends(self) -> dict[str, Any]:
+        """Epsilon spent per model in this run's ledger, and the delta: the DP accounting, which
+        the site reports with its evaluation figures."""
+        entries = Ledger(self.ledger_path).read()
+        epsilon = {e.model: e.epsilon_after for e in entries}  # each entry holds its running total
+        delta = max((e.delta for e in entries), default=None)
+        total = epsilon_from_ledger(entries, delta) if entries else 0.0  # every model, composed
+        return {"epsilon": epsilon, "epsilon_total": total, "delta": delta}
 
     def _synthesizer(self, folder: Path | None = None) -> TabularSynthesizer:
         """The site's federated synthesizer (or the one of ``folder``: its name in the ledger is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -73,3 +74,10 @@ def write_table(frame, path: str | Path) -> Path:
     from common.errors import InputError
 
     raise InputError(f"{path}: unsupported output type '{suffix}'; use .csv or .parquet.")
+
+
+def table_bytes(frame) -> bytes:
+    """A table as Parquet bytes: how a synthetic set travels from the coordinator to the sites."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()

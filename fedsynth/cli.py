@@ -72,13 +72,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _print_run(report: dict, out: Path) -> None:
-    run, privacy = report["run"], report["privacy"]
+    from server.report import summary_lines
+
+    run = report["run"]
     print(f"fedsynth {run['profile']} run, {run['generator']} generator, {len(run['sites'])} sites, "
-          f"{run['rounds']} rounds, {run['duration_s']} s")
-    for site, spent in privacy["per_site"].items():
-        print(f"  {site}: epsilon spent {spent['epsilon_tabular']:.2f} (delta {privacy['delta']:.1e})")
-    print(f"Synthetic data: {out / 'synthetic.csv'} (and .parquet); global model: {out / 'model'}; "
-          f"ledgers: {out / 'privacy'}; {out / 'report.json'}")
+          f"{run['rounds']} rounds, {run['duration_s']} s. Scored at each site on its held-out data:")
+    for line in summary_lines(report):
+        print(f"  {line}")
+    print(f"Report: {out / 'report.html'} (and report.json). Synthetic data: {out / 'synthetic.csv'} "
+          f"(and .parquet); global model: {out / 'model'}; ledgers: {out / 'privacy'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -3,9 +3,11 @@
 1. handshake (schema hash, version, data check); 2. DP label counts (the FedAvg weights and the
 global label distribution); 3. R rounds of FedAvg of the chosen tabular generator, each update
 checked before it counts, a checkpoint after every round; 4. the global model saved in the format
-``fedsynth generate`` loads. A round with fewer good replies than the quorum is sent again (sites
-answer a round they already trained from their saved update, spending nothing) and the run stops
-with a message when retries are used up: it never waits forever.
+``fedsynth generate`` loads; 5. when ``synthetic_records`` > 0, the synthetic dataset, scored at
+every site against its held-out data with the baselines (``server.evaluation``), and the report.
+A round with fewer good replies than the quorum is sent again (sites answer a round they already
+trained from their saved update, spending nothing) and the run stops with a message when retries
+are used up: it never waits forever.
 """
 
 from __future__ import annotations
@@ -13,19 +15,26 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+import pandas as pd
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
+from common.fileio import write_table
 from common.run_plan import RunPlan
 from common.schema import Schema
 from common.tabular.synthesizer import TabularSynthesizer
+from fedsynth import __version__
 from server.aggregate import update_problem, weighted_average
 from server.checkpoint import RunState, load_checkpoint, save_checkpoint
+from server.evaluation import evaluate_at_sites
 from server.handshake import QuorumError, run_handshake
+from server.messaging import send
+from server.report import build_report, privacy_section, write_report
 
 log = logging.getLogger("fedsynth.server")
 
@@ -48,6 +57,10 @@ class FederationSettings:
     max_update_norm: float = 1e3
     resume: bool = False
     proximal_mu: float = 0.0  # FedProx (sites' local objective + mu/2 ||w - w_global||²); 0 = FedAvg
+    synthetic_records: int = 0  # > 0: release that many records and evaluate them at the sites
+    local_only: bool = False  # sites also train and score a local-only baseline (spends budget)
+    centralized_path: str = ""  # simulation: the centralized baseline's records, scored too
+    profile: str = "deployment"  # for the report
 
     @property
     def plan(self) -> RunPlan:
@@ -63,27 +76,11 @@ class FederationResult:
     state: RunState
 
 
-def _send(grid: Grid, nodes: dict[int, str], message_type: str, content: RecordDict,
-          timeout_s: float, group: str = "") -> dict[str, Message]:
-    """Send one message per node; return the good replies by site name, log the errors."""
-    messages = [Message(content, dst_node_id=node, message_type=message_type, group_id=group)
-                for node in nodes]
-    replies: dict[str, Message] = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout_s):
-        site = nodes.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
-        if reply.has_error():
-            log.warning("%s %s: site %s answered with an error: %s", message_type, group, site,
-                        reply.error.reason)
-        else:
-            replies[site] = reply
-    return replies
-
-
 def collect_label_counts(grid: Grid, nodes: dict[int, str], settings: FederationSettings,
                          state: RunState) -> dict[int, str]:
     """Ask each site for its DP label counts; sites that fail are left out of the run."""
     content = RecordDict({"plan": ConfigRecord(settings.plan.to_config())})
-    replies = _send(grid, nodes, "query.label_counts", content, settings.round_timeout_s)
+    replies = send(grid, nodes, "query.label_counts", content, settings.round_timeout_s)
     for site, reply in replies.items():
         released = reply.content["counts"]
         state.label_counts[site] = [float(c) for c in released["counts"]]
@@ -104,7 +101,7 @@ def train_round(grid: Grid, nodes: dict[int, str], round_: int, weights: list[np
                           "plan": ConfigRecord(settings.plan.to_config()),
                           "round": ConfigRecord({"round": round_})})
     for attempt in range(settings.round_retries + 1):
-        replies = _send(grid, nodes, f"train.{settings.kind}", content, settings.round_timeout_s,
+        replies = send(grid, nodes, f"train.{settings.kind}", content, settings.round_timeout_s,
                         group=str(round_))
         updates, sizes = [], []
         for site, reply in sorted(replies.items()):
@@ -142,6 +139,7 @@ def initial_weights(synth: TabularSynthesizer, tables: list[list[float]]) -> lis
 
 
 def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult:
+    started = time.time()
     schema = Schema.load(settings.schema_path)
     checkpoint_dir = settings.run_dir / "checkpoint"
     synth = global_synthesizer(settings, schema)
@@ -167,4 +165,27 @@ def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult
     synth.set_label_counts(np.sum([state.label_counts[s] for s in sorted(nodes.values())], axis=0))
     model_dir = settings.run_dir / "model"
     synth.save(model_dir)
+    if settings.synthetic_records > 0:
+        release_and_evaluate(grid, nodes, synth, settings, started)
     return FederationResult(model_dir=model_dir, sites=sorted(nodes.values()), state=state)
+
+
+def release_and_evaluate(grid: Grid, nodes: dict[int, str], synth: TabularSynthesizer,
+                         settings: FederationSettings, started: float) -> None:
+    """The synthetic dataset (seeded), scored at every site with the baselines, and the report."""
+    synthetic = synth.sample(settings.synthetic_records, seed=settings.seed)
+    write_table(synthetic, settings.run_dir / "synthetic.csv")
+    write_table(synthetic, settings.run_dir / "synthetic.parquet")
+    sets = {"federated": synthetic}
+    if settings.centralized_path:
+        sets["centralized"] = pd.read_parquet(settings.centralized_path)
+    evaluations = evaluate_at_sites(grid, nodes, sets, settings.plan.to_config(),
+                                    settings.synthetic_records if settings.local_only else 0,
+                                    settings.seed, settings.round_timeout_s)
+    run = {"fedsynth_version": __version__, "seed": settings.seed, "profile": settings.profile,
+           "generator": settings.kind, "sites": sorted(nodes.values()), "rounds": settings.rounds,
+           "duration_s": round(time.time() - started, 1),
+           "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")}
+    privacy = privacy_section({site: e["privacy"] for site, e in evaluations.items()},
+                              synth.model_name)
+    write_report(settings.run_dir, build_report(run, privacy, evaluations), synthetic)

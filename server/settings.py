@@ -31,4 +31,6 @@ def settings_from_run_config(config: Mapping[str, Any]) -> FederationSettings:
         round_retries=int(config.get("round-retries", 1)),
         max_update_norm=float(config.get("max-update-norm", 1e3)),
         resume=bool(config.get("resume", False)),
-        proximal_mu=float(config.get("proximal-mu", 0.0)))
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        synthetic_records=int(config.get("synthetic-records", 0)),
+        local_only=bool(config.get("local-only", False)))

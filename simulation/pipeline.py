@@ -2,7 +2,9 @@
 
 Sites' private state (ledgers, quarantine files, round updates) lives in a temporary folder like
 a hospital's state directory; the output folder receives only what a coordinator may publish:
-the global model, the synthetic dataset, each site's privacy ledger and the report.
+the global model, the synthetic dataset, each site's privacy ledger and the report. The baselines
+the report compares against (each site's local-only model, trained and scored at the site; one
+centralized model on the pooled records, sent to the sites for scoring) are never published.
 """
 
 from __future__ import annotations
@@ -11,68 +13,99 @@ import json
 import math
 import shutil
 import tempfile
-import time
-from dataclasses import asdict
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from client.site_config import SiteConfig
+from client.task import SiteTask
 from common.data import load_site_data
 from common.fileio import atomic_write_text, staged_dir, write_table
 from common.privacy.ledger import Ledger
 from common.schema import Schema
-from common.tabular.synthesizer import TabularSynthesizer
-from fedsynth import __version__
 from server.federation import FederationSettings
+from simulation.baselines import centralized_synthetic
 from simulation.federated import run_simulated_federation
 from simulation.profiles import RunProfile
 
 RUN_NAME = "sim"
 
 
+@dataclass(frozen=True)
+class SimulatedRun:
+    """A finished run as a test inspects it, in memory only (nothing here is published): the
+    released synthetic set and the baselines' sets, all ``profile.synthetic_records`` long. The
+    sites' private folders (splits, ledgers, local-only models) exist until ``inspect`` returns."""
+
+    schema: Schema
+    sites: list[SiteConfig]
+    settings: FederationSettings
+    synthetic: pd.DataFrame
+    local_only: dict[str, pd.DataFrame]  # each site's own model: in a deployment, scored there
+    centralized: pd.DataFrame  # one model on the pooled train splits: simulation only
+
+
+Inspect = Callable[[SimulatedRun], None]  # sees the run before its private folders go (tests)
+
+
 def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, profile: RunProfile,
-                 generator: str = "vae", epsilon_tabular: float = 3.0, seed: int = 0) -> dict[str, Any]:
-    """Federated training -> synthesis -> outputs in ``out`` (written whole or not at all)."""
+                 generator: str = "vae", epsilon_tabular: float = 3.0, seed: int = 0,
+                 inspect: Inspect | None = None) -> dict[str, Any]:
+    """Centralized baseline -> federated training -> synthesis -> federated evaluation (each
+    site scores the released set, the centralized one and its own local-only model, which spends
+    its budget a second time, in its ledger) -> outputs in ``out``, written whole or not at all.
+    """
     schema = Schema.load(schema_path)
     for path in site_files.values():  # bad input stops here with the full report (exit 2)
         load_site_data(path, schema, bad_rows="reject")
-    started, clock = datetime.now(UTC).isoformat(timespec="seconds"), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedsynth-sites-") as private, staged_dir(out) as stage:
-        sites = [SiteConfig(name=name, data_path=path, schema_path=schema_path,
-                            state_dir=Path(private) / name, epsilon_tabular=epsilon_tabular)
-                 for name, path in sorted(site_files.items())]
-        settings = FederationSettings(
-            schema_path=schema_path, run_dir=stage, run=RUN_NAME, kind=generator,
-            rounds=profile.rounds, local_steps=profile.local_steps, seed=seed,
-            tabular_config=profile.tabular_config, min_sites=len(sites),
-            quorum=max(1, math.ceil(len(sites) / 2)), handshake_timeout_s=120, round_timeout_s=1800)
-        model_dir = run_simulated_federation(sites, settings)
+        centralized = centralized_synthetic(site_files, schema, profile, generator,
+                                            epsilon_tabular, seed)
+        centralized_path = write_table(centralized, Path(private) / "centralized.parquet")
+        sites = simulated_sites(site_files, schema_path, Path(private) / "sites", epsilon_tabular)
+        settings = replace(simulation_settings(sites, schema_path, stage, profile, generator, seed),
+                           synthetic_records=profile.synthetic_records, local_only=True,
+                           centralized_path=str(centralized_path), profile=profile.name)
+        run_simulated_federation(sites, settings)
         shutil.rmtree(stage / "checkpoint")  # the coordinator's resume state, not a release
-        synthetic = TabularSynthesizer.load(model_dir).sample(profile.synthetic_records, seed=seed)
-        write_table(synthetic, stage / "synthetic.csv")
-        write_table(synthetic, stage / "synthetic.parquet")
-        privacy = _write_ledgers(sites, stage / "privacy")
-        report = {
-            "run": {"fedsynth_version": __version__, "seed": seed, "profile": profile.name,
-                    "generator": generator, "sites": [s.name for s in sites],
-                    "rounds": profile.rounds, "duration_s": round(time.monotonic() - clock, 1),
-                    "started_at": started},
-            "privacy": privacy,
-        }
-        atomic_write_text(stage / "report.json", json.dumps(report, indent=2) + "\n")
+        _write_ledgers(sites, stage / "privacy")
+        if inspect is not None:
+            synthetic = pd.read_parquet(stage / "synthetic.parquet")
+            inspect(SimulatedRun(
+                schema, sites, settings, synthetic,
+                local_only={s.name: SiteTask(s, settings.plan).local_only_synthetic(len(synthetic), seed)
+                            for s in sites},
+                centralized=centralized))
+        report = json.loads((stage / "report.json").read_text(encoding="utf-8"))
     return report
 
 
-def _write_ledgers(sites: list[SiteConfig], folder: Path) -> dict[str, Any]:
-    """Copy each site's ledger (every spend) to ``privacy/SITE.json``; return the report section."""
-    per_site, deltas = {}, set()
+def simulated_sites(site_files: dict[str, Path], schema_path: Path, state_root: Path,
+                    epsilon_tabular: float) -> list[SiteConfig]:
+    """One hospital per data file, its private state in ``state_root/NAME`` (like a site's state
+    directory), delta by the site's own rule."""
+    return [SiteConfig(name=name, data_path=path, schema_path=schema_path,
+                       state_dir=state_root / name, epsilon_tabular=epsilon_tabular)
+            for name, path in sorted(site_files.items())]
+
+
+def simulation_settings(sites: list[SiteConfig], schema_path: Path, run_dir: Path,
+                        profile: RunProfile, generator: str, seed: int) -> FederationSettings:
+    """The coordinator's settings: every site must join, half of them make a round's quorum."""
+    return FederationSettings(
+        schema_path=schema_path, run_dir=run_dir, run=RUN_NAME, kind=generator,
+        rounds=profile.rounds, local_steps=profile.local_steps, seed=seed,
+        tabular_config=profile.tabular_config, min_sites=len(sites),
+        quorum=max(1, math.ceil(len(sites) / 2)), handshake_timeout_s=120, round_timeout_s=1800)
+
+
+def _write_ledgers(sites: list[SiteConfig], folder: Path) -> None:
+    """Copy each site's ledger (every spend) to ``privacy/SITE.json``: the audit record the
+    report's privacy section (reported by the sites) can be checked against."""
     for site in sites:
         entries = Ledger(site.state_dir / RUN_NAME / "ledger.jsonl").read()
         atomic_write_text(folder / f"{site.name}.json",
                           json.dumps([asdict(e) for e in entries], indent=2) + "\n")
-        tabular = max((e.epsilon_after for e in entries), default=0.0)
-        deltas.update(e.delta for e in entries)
-        per_site[site.name] = {"epsilon_tabular": tabular, "epsilon_text": None,
-                               "epsilon_total": tabular}
-    return {"delta": max(deltas) if deltas else None, "per_site": per_site}
