@@ -1,0 +1,343 @@
+"""NarrativeModel: one facade over the base model, FFA-LoRA, the text budget, DP training and
+generation, shaped like ``TabularSynthesizer``.
+
+Federated use at a site: ``plan(n_records, planned_steps)`` once for the whole run,
+``train_steps(records, k)`` per round, ``get_weights()/set_weights()`` (the B matrices) for
+aggregation, ``state_dict()`` to survive a restart. The spends go to the site's ledger under
+``text-lora``, beside the tabular model's, each with its own budget. At the coordinator:
+``set_weights(average)``, ``sample(records)``, ``save(dir)`` (the adapter with peft's
+``save_pretrained``); ``NarrativeModel.load(dir)`` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from common.errors import InputError
+from common.fileio import atomic_write_text
+from common.privacy.accountant import PrivacyAccountant, default_delta
+from common.privacy.budget import PrivacyBudget
+from common.privacy.ledger import Ledger, LedgerEntry
+from common.schema import Schema
+from common.tabular.trainer import TrainSettings, resolve_device, sample_rate
+from common.text.base_models import load_base_model
+from common.text.canary import Canary, exposure, log_perplexities
+from common.text.consistency import ConsistencyChecker
+from common.text.generate import SamplingSettings, gate, generate_texts
+from common.text.lora import LoraSettings, add_lora, get_adapter_weights, set_adapter_weights
+from common.text.serialize import RecordSerializer
+from common.text.tokens import encode_pairs
+from common.text.trainer import LoraTrainer
+from fedsynth import __version__
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "base": "smollm2",        # tiny | smollm2 | local:PATH (e.g. MedGemma 27B text-it)
+    "dtype": "auto",          # float32 on CPU, bfloat16 on CUDA; or float32 | bfloat16
+    "fields": None,           # prompt fields; None = the label, then every feature
+    "gate_columns": None,     # columns the gate checks; None = every column with synonyms
+    "batch_size": 16,         # expected Poisson batch; sampling rate = 1/ceil(n/batch_size)
+    "lr": 2e-3,
+    "max_grad_norm": 1.0,     # per-sample clipping bound C
+    "max_target_tokens": 128,  # training targets are cut here
+    "steps": 200,             # optimizer steps of fit()
+    "dp_seed": None,          # seeds DP sampling and noise; None = OS entropy (keep it so)
+    "lora": asdict(LoraSettings()),
+    "sampling": asdict(SamplingSettings()),
+}
+FLAG_COLUMN = "narrative_flagged"
+FILES = {"adapter": "adapter", "meta": "narrative.json", "schema": "schema.yaml"}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class NarrativeModel:
+    """Writes a narrative per record; LoRA-trained under (``epsilon``, ``delta``)-DP, or without
+    DP when ``epsilon`` is None (baselines, the canary control).
+
+    ``ledger`` is the site's ledger (a path, a Ledger, or None for memory only), where this model
+    spends under ``name``. ``seed`` fixes the batches of a non-private run.
+    """
+
+    def __init__(self, schema: Schema, epsilon: float | None = 3.0, delta: float | None = None,
+                 config: Mapping[str, Any] | None = None, device: str = "auto",
+                 ledger: str | Path | Ledger | None = None, name: str = "text-lora",
+                 seed: int = 0) -> None:
+        if schema.narrative is None:
+            raise InputError(f"{schema.source}: the schema has no column with role narrative; "
+                             f"there is no text to learn.")
+        self.schema = schema
+        self.epsilon = None if epsilon is None else float(epsilon)
+        self.delta = delta
+        self.config = _resolve_config(config)
+        self.device = resolve_device(device)
+        self.model_name = name  # this model's spends in the site's ledger
+        self.seed = seed  # batches when not private
+        self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+        base, self.tokenizer = load_base_model(self.config["base"], schema=schema,
+                                               dtype=_dtype(self.config["dtype"], self.device))
+        self.lora = LoraSettings(**{**self.config["lora"],
+                                    "target_modules": tuple(self.config["lora"]["target_modules"])})
+        self.model: PeftModel = add_lora(base, self.lora).to(self.device)
+        self.serializer = RecordSerializer(schema, self.config["fields"])
+        self.checker = ConsistencyChecker(schema, self.config["gate_columns"])
+        self.sampling = SamplingSettings(**self.config["sampling"])
+        self.budget: PrivacyBudget | None = None
+        self._saved_accountant: PrivacyAccountant | None = None
+        self._plan: dict[str, Any] | None = None
+        self._trainer: LoraTrainer | None = None
+        self._pending_trainer_state: dict[str, Any] | None = None
+        self.local_loss: float | None = None  # not private, stays at the site
+        self.last_sample_stats: dict[str, float] = {}
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon is not None
+
+    # --- training -------------------------------------------------------------------------
+    def fit(self, records: pd.DataFrame, steps: int | None = None) -> NarrativeModel:
+        """Local (one-site) training: noise calibrated for ``steps`` (``config['steps']`` if
+        None), then those steps."""
+        steps = self.config["steps"] if steps is None else steps
+        self.plan(len(records), steps)
+        self.train_steps(records, steps)
+        return self
+
+    def plan(self, n_records: int, planned_steps: int) -> float | None:
+        """Fix delta and calibrate the noise once for every step of every round. Returns the
+        noise multiplier (None without DP)."""
+        if self._plan is not None:
+            if (self._plan["n_records"], self._plan["planned_steps"]) != (n_records, planned_steps):
+                raise InputError(f"the narrative run is already planned for "
+                                 f"{self._plan['n_records']} records and "
+                                 f"{self._plan['planned_steps']} steps; the noise is calibrated "
+                                 f"once for the whole run. Keep the plan or start a new model.")
+            return self._plan["noise_multiplier"]
+        if n_records < 1 or planned_steps < 1:
+            raise InputError(f"plan needs at least one record and one step (got {n_records} "
+                             f"records, {planned_steps} steps).")
+        noise = None
+        if self.private:
+            self.delta = self.delta if self.delta is not None else default_delta(n_records)
+            self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
+            noise = self.budget.calibrate(sample_rate(n_records, self.config["batch_size"]),
+                                          planned_steps)
+        self._plan = {"n_records": int(n_records), "planned_steps": int(planned_steps),
+                      "noise_multiplier": noise}
+        return noise
+
+    def train_steps(self, records: pd.DataFrame, k: int, round: int | None = None) -> float | None:
+        """Exactly ``k`` local steps on ``records`` (the same training split every round);
+        refuses, training nothing, if they would exceed the budget. Returns epsilon spent so far
+        (None without DP)."""
+        if self._plan is None and not self.private:
+            self.plan(len(records), k)
+        self._require_plan()
+        if len(records) != self._plan["n_records"]:
+            raise InputError(f"the narrative run was planned for {self._plan['n_records']} records "
+                             f"but the data has {len(records)}; train every round on the same "
+                             f"training split.")
+        if self._trainer is None:
+            self._trainer = self._new_trainer(records)
+        self.local_loss = self._trainer.train_steps(k, round=round)
+        return self.epsilon_spent()
+
+    def _new_trainer(self, records: pd.DataFrame) -> LoraTrainer:
+        pairs = encode_pairs(self.tokenizer, self.prompts(records), _narratives(records, self.schema),
+                             self.config["max_target_tokens"])
+        settings = TrainSettings(batch_size=self.config["batch_size"], lr=self.config["lr"],
+                                 max_grad_norm=self.config["max_grad_norm"])
+        trainer = LoraTrainer(self.model, pairs, self.tokenizer.pad_token_id, settings,
+                              noise_multiplier=self._plan["noise_multiplier"], budget=self.budget,
+                              device=str(self.device),
+                              seed=self.config["dp_seed"] if self.private else self.seed)
+        if self._pending_trainer_state is not None:
+            trainer.load_state_dict(self._pending_trainer_state)
+            self._pending_trainer_state = None
+        return trainer
+
+    def _require_plan(self) -> None:
+        """Before any training: a plan, and a budget rebuilt from the ledger (checked against a
+        loaded checkpoint, so a lost ledger cannot reset the spend)."""
+        if self._plan is None:
+            raise InputError("no privacy plan yet: call plan(n_records, planned_steps) with the steps "
+                             "of all rounds before the first training step (fit() does it for you).")
+        if self.private and self.budget is None:
+            self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
+            if self._saved_accountant is not None:
+                self.budget.check_restored(self._saved_accountant.history)
+
+    def epsilon_spent(self) -> float | None:
+        if not self.private:
+            return None
+        if self.budget is not None:
+            return self.budget.spent()
+        return 0.0 if self._saved_accountant is None else self._saved_accountant.epsilon(self.delta)
+
+    # --- federated weights ----------------------------------------------------------------
+    def get_weights(self) -> list[np.ndarray]:
+        """What leaves the site: the trained adapter matrices (B only under FFA-LoRA)."""
+        return get_adapter_weights(self.model)
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        set_adapter_weights(self.model, weights)
+
+    # --- generation -----------------------------------------------------------------------
+    def prompts(self, records: pd.DataFrame) -> list[str]:
+        return [self.serializer.prompt(r) for r in records.to_dict("records")]
+
+    def sample(self, records: pd.DataFrame, seed: int | None = None) -> pd.DataFrame:
+        """``records`` with the narrative column written, and ``narrative_flagged`` set where the
+        gate still found the narrative inconsistent after every retry."""
+        rows = records.to_dict("records")
+        prompts = self.prompts(records)
+        generated = [0]
+
+        def write(indices: list[int]) -> list[str]:
+            texts, n_tokens = generate_texts(self.model, self.tokenizer,
+                                             [prompts[i] for i in indices], self.sampling)
+            generated[0] += n_tokens
+            return texts
+
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(secrets.randbits(63) if seed is None else seed)
+            result = gate(rows, write, self.checker, self.sampling.retries)
+        seconds = time.perf_counter() - start
+        self.last_sample_stats = {"records": len(rows), "tokens": generated[0], "seconds": seconds,
+                                  "attempts": sum(result.attempts), "flagged": sum(result.flagged)}
+        out = records.copy()
+        out[self.schema.narrative.name] = pd.array(result.texts, dtype="string")
+        out[FLAG_COLUMN] = result.flagged
+        return out
+
+    def canary_exposure(self, record: Mapping[str, Any], narrative: str, canary: Canary,
+                        n_candidates: int, seed: int) -> float:
+        """Exposure of ``canary`` planted after ``narrative`` of ``record`` (see common.text.canary)."""
+        prompt = self.serializer.prompt(record)
+
+        def score(candidates: list[Canary]) -> np.ndarray:
+            texts = [f"{narrative} {c.text}" for c in candidates]
+            return log_perplexities(self.model, self.tokenizer, [prompt] * len(texts), texts,
+                                    self.config["max_target_tokens"])
+
+        return exposure(score, canary, n_candidates, np.random.default_rng(seed))
+
+    # --- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a site needs to continue after a restart: adapter, plan, optimizer and the
+        accountant history (checked against the ledger on load)."""
+        trainer = (self._trainer.state_dict() if self._trainer is not None
+                   else self._pending_trainer_state)
+        accountant = self.budget.accountant if self.budget is not None else self._saved_accountant
+        return {
+            "epsilon": self.epsilon, "delta": self.delta, "config": self.config,
+            "adapter": [torch.as_tensor(w) for w in self.get_weights()], "plan": self._plan,
+            "trainer": trainer, "accountant": None if accountant is None else accountant.to_dict(),
+            "ledger": ([asdict(e) for e in self.ledger.read()] if self.ledger.path is None
+                       else None),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore into a model that has not trained yet (training hooks are attached once)."""
+        if self._trainer is not None:
+            raise RuntimeError("load_state_dict needs a NarrativeModel that has not trained; "
+                               "build a fresh one")
+        if state["config"] != self.config:
+            raise InputError(f"the saved narrative state has config {state['config']}; build the "
+                             f"model with the same config.")
+        self.set_weights([t.numpy() for t in state["adapter"]])
+        self.epsilon, self.delta = state["epsilon"], state["delta"]
+        self._plan = None if state["plan"] is None else dict(state["plan"])
+        self._pending_trainer_state = state["trainer"]
+        self._saved_accountant = (None if state["accountant"] is None
+                                  else PrivacyAccountant.from_dict(state["accountant"]))
+        self.budget = None
+        if state["ledger"] is not None and self.ledger.path is None and not self.ledger.read():
+            for entry in state["ledger"]:
+                self.ledger.append(LedgerEntry(**entry))
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``adapter/`` (peft ``save_pretrained``), ``narrative.json`` (base, config,
+        budget, version, schema hash) and ``schema.yaml`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder / FILES["adapter"])
+        atomic_write_text(folder / FILES["schema"], self.schema.to_yaml())
+        meta = {"config": self.config, "epsilon": self.epsilon, "delta": self.delta,
+                "epsilon_spent": self.epsilon_spent(), "fedsynth_version": __version__,
+                "schema_hash": self.schema.hash}
+        atomic_write_text(folder / FILES["meta"], json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "auto",
+             ledger: str | Path | Ledger | None = None) -> NarrativeModel:
+        folder = Path(folder)
+        missing = [name for name in FILES.values() if not (folder / name).exists()]
+        if missing:
+            raise InputError(f"{folder}: not a saved narrative model (missing {missing}); pass the "
+                             f"model folder written by a run.")
+        meta = json.loads((folder / FILES["meta"]).read_text(encoding="utf-8"))
+        schema = Schema.load(folder / FILES["schema"])
+        if schema.hash != meta["schema_hash"]:
+            raise InputError(f"{folder / FILES['schema']} does not match the schema the narrative "
+                             f"model was trained with (hash differs); restore the original.")
+        model = cls(schema, epsilon=meta["epsilon"], delta=meta["delta"], config=meta["config"],
+                    device=device, ledger=ledger)
+        set_peft_model_state_dict(model.model,
+                                  load_file(folder / FILES["adapter"] / "adapter_model.safetensors"))
+        return model
+
+
+def _narratives(records: pd.DataFrame, schema: Schema) -> list[str]:
+    column = schema.narrative.name
+    if column not in records:
+        raise InputError(f"the records have no narrative column '{column}'; the narrative model "
+                         f"learns from it.")
+    empty = int(records[column].isna().sum())
+    if empty:
+        raise InputError(f"{empty} record(s) have no '{column}' text; drop them from the training "
+                         f"split (the narrative model learns record -> text).")
+    return [str(t) for t in records[column]]
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise InputError(f"unknown dtype {name!r}; use auto, {' or '.join(_DTYPES)}.")
+    return _DTYPES[name]
+
+
+def _resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults filled in (nested for ``lora`` and ``sampling``); JSON types only, as it is saved."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise InputError(f"unknown narrative config key(s) {unknown}; allowed: "
+                         f"{sorted(DEFAULT_CONFIG)}.")
+    resolved = {**DEFAULT_CONFIG, **config}
+    for key, settings in (("lora", LoraSettings), ("sampling", SamplingSettings)):
+        allowed = {f.name for f in fields(settings)}
+        extra = sorted(set(config.get(key) or {}) - allowed)
+        if extra:
+            raise InputError(f"unknown narrative {key} setting(s) {extra}; allowed: {sorted(allowed)}.")
+        resolved[key] = {**DEFAULT_CONFIG[key], **(config.get(key) or {})}
+    try:
+        resolved = json.loads(json.dumps(resolved))
+    except TypeError as exc:
+        raise InputError(f"the narrative config must hold plain values: {exc}.") from None
+    for key in ("fields", "gate_columns"):
+        if resolved[key] is not None and not isinstance(resolved[key], list):
+            raise InputError(f"narrative config '{key}' must be a list of column names or null.")
+    return resolved

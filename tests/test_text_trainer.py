@@ -1,0 +1,160 @@
+"""DP-SGD on the LoRA adapter (tiny Gemma 3): exact per-sample gradients, the DP step, empty
+Poisson batches, and the text budget in the site's ledger across rounds and restarts."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common.errors import BudgetExceededError, InputError
+from common.privacy.budget import PrivacyBudget
+from common.privacy.ledger import Ledger, epsilon_from_ledger
+from common.tabular.trainer import TrainSettings
+from common.text.base_models import load_base_model
+from common.text.lora import LoraSettings, add_lora, get_adapter_weights, trainable_adapter
+from common.text.narrative_model import NarrativeModel
+from common.text.serialize import RecordSerializer
+from common.text.tokens import PAD, encode_pairs, target_nll
+from common.text.trainer import LoraTrainer
+from simulation.ed_schema import ed_trauma_schema
+from simulation.hospitals import simulate_site
+
+torch.set_num_threads(1)
+SCHEMA = ed_trauma_schema(["A"])
+DELTA = 1e-5
+CONFIG = {"base": "tiny", "fields": ["mechanism", "age", "sex"], "batch_size": 8, "dp_seed": 4,
+          "max_target_tokens": 64}
+
+
+@pytest.fixture(scope="module")
+def records() -> pd.DataFrame:
+    return simulate_site("community", 32, 5, "A")
+
+
+def adapted_model(records: pd.DataFrame, n: int):
+    """Tiny model with random B (so gradients see a non-trivial adapter) and n encoded rows."""
+    base, tokenizer = load_base_model("tiny", schema=SCHEMA)
+    model = add_lora(base, LoraSettings(target_modules=("q_proj", "v_proj", "down_proj")))
+    with torch.no_grad():
+        for p in trainable_adapter(model).values():
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))
+    serializer = RecordSerializer(SCHEMA, ["mechanism", "age"])
+    rows = records.head(n).to_dict("records")
+    pairs = encode_pairs(tokenizer, [serializer.prompt(r) for r in rows],
+                         [r["narrative"] for r in rows], 40)
+    return model, tokenizer, pairs
+
+
+def per_example_gradients(model, pairs, pad_id) -> list[list[torch.Tensor]]:
+    """Plain autograd on each example alone, without any padding."""
+    out = []
+    for row in pairs.tokens:
+        kept = torch.as_tensor(row[row != PAD])[None]
+        prompt_width = pairs.prompt_width - int((row[:pairs.prompt_width] == PAD).sum())
+        nll, count = target_nll(model, kept, prompt_width, pad_id)
+        out.append(list(torch.autograd.grad((nll / count).sum(),
+                                            list(trainable_adapter(model).values()))))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_opacus_hooks_per_sample_gradients_equal_per_example_autograd(records) -> None:
+    model, tokenizer, pairs = adapted_model(records, 6)
+    lengths = (pairs.tokens != PAD).sum(1)
+    assert len(set(lengths.tolist())) > 1  # the batch needs padding on both sides
+    reference = per_example_gradients(copy.deepcopy(model), pairs, tokenizer.pad_token_id)
+    trainer = LoraTrainer(model, pairs, tokenizer.pad_token_id, TrainSettings(batch_size=6),
+                          noise_multiplier=1.0, budget=PrivacyBudget(1e6, DELTA, "t"), device="cpu",
+                          seed=0)
+    nll, count = target_nll(trainer.model, torch.as_tensor(pairs.tokens), pairs.prompt_width,
+                            tokenizer.pad_token_id)
+    (nll / count).mean().backward()  # the trainer's loss: mean over the batch of per-example means
+    for j, p in enumerate(trainable_adapter(model).values()):
+        assert p.grad_sample.shape == (6, *p.shape)
+        for i in range(6):
+            torch.testing.assert_close(p.grad_sample[i], reference[i][j], rtol=1e-4, atol=1e-7)
+
+
+def test_dp_step_clips_each_example_and_adds_calibrated_noise(records) -> None:
+    n, sigma = 6, 0.8
+    model, tokenizer, pairs = adapted_model(records, n)
+    reference = per_example_gradients(copy.deepcopy(model), pairs, tokenizer.pad_token_id)
+    norms = torch.stack([torch.sqrt(sum((g ** 2).sum() for g in gs)) for gs in reference])
+    clip = float(norms.median())
+    trainer = LoraTrainer(model, pairs, tokenizer.pad_token_id,
+                          TrainSettings(batch_size=n, lr=1e-3, max_grad_norm=clip),  # q = 1
+                          noise_multiplier=sigma, budget=PrivacyBudget(1e6, DELTA, "t"),
+                          device="cpu", seed=9)
+    noise = torch.Generator().manual_seed(0)
+    noise.set_state(trainer.noise_generator.get_state())
+    captured = []
+    params = list(trainable_adapter(model).values())
+    trainer.optimizer.original_optimizer.register_step_pre_hook(
+        lambda *_: captured.append([p.grad.clone() for p in params]))
+    trainer.train_steps(1)
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    assert (factors < 1).any() and (factors == 1).any()
+    for j, (got, p) in enumerate(zip(captured[0], params, strict=True)):
+        clipped = sum(factors[i] * reference[i][j] for i in range(n))
+        expected = (clipped + torch.normal(0, sigma * clip, size=p.shape, generator=noise)) / n
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_empty_poisson_batches_are_noise_only_steps(records) -> None:
+    model, tokenizer, pairs = adapted_model(records, 20)
+    trainer = LoraTrainer(model, pairs, tokenizer.pad_token_id, TrainSettings(batch_size=1),
+                          noise_multiplier=1.0, budget=PrivacyBudget(1e6, DELTA, "t"), device="cpu",
+                          seed=2)  # q = 1/20: about a third of the batches are empty
+    before = get_adapter_weights(model)
+    trainer.train_steps(12)
+    assert trainer.steps_done == 12
+    assert trainer.budget.accountant.history == [(1.0, 1 / 20, 12)]
+    assert all(not np.allclose(a, b) for a, b in zip(before, get_adapter_weights(model), strict=True))
+
+
+def test_text_budget_holds_across_rounds_and_restarts(records, tmp_path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    tabular = PrivacyBudget(3.0, DELTA, "tabular-vae", Ledger(path))
+    tabular.charge(2.0, 0.1, 40, round=0)
+    rounds, k, epsilon = 3, 3, 1.5
+
+    whole = NarrativeModel(SCHEMA, epsilon=epsilon, delta=DELTA, config=CONFIG, device="cpu",
+                           ledger=tmp_path / "whole.jsonl")
+    whole.plan(len(records), rounds * k)
+    for r in range(rounds):
+        whole.train_steps(records, k, round=r)
+
+    site = NarrativeModel(SCHEMA, epsilon=epsilon, delta=DELTA, config=CONFIG, device="cpu",
+                          ledger=path)
+    sigma = site.plan(len(records), rounds * k)
+    assert sigma == whole.plan(len(records), rounds * k)
+    site.train_steps(records, k, round=0)
+    torch.save(site.state_dict(), tmp_path / "text.pt")
+    del site  # the site process restarts
+
+    restarted = NarrativeModel(SCHEMA, epsilon=epsilon, delta=DELTA, config=CONFIG, device="cpu",
+                               ledger=path)
+    restarted.load_state_dict(torch.load(tmp_path / "text.pt", weights_only=True))
+    spent = [restarted.train_steps(records, k, round=r) for r in range(1, rounds)]
+    assert spent[0] < spent[1] <= epsilon and spent[1] > 0.99 * epsilon
+    for a, b in zip(restarted.get_weights(), whole.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the restart changed nothing about the run
+
+    text_entries = Ledger(path).read("text-lora")
+    assert [(e.round, e.steps) for e in text_entries] == [(0, k), (1, k), (2, k)]
+    assert epsilon_from_ledger(text_entries, DELTA) == pytest.approx(spent[-1], rel=1e-9)
+    assert Ledger(path).read("tabular-vae")[0].epsilon_after == tabular.spent()  # untouched
+
+    with pytest.raises(BudgetExceededError, match="text-lora"):
+        restarted.train_steps(records, 1, round=rounds)
+    assert len(Ledger(path).read("text-lora")) == rounds
+
+    lost = NarrativeModel(SCHEMA, epsilon=epsilon, delta=DELTA, config=CONFIG, device="cpu",
+                          ledger=tmp_path / "empty.jsonl")
+    lost.load_state_dict(torch.load(tmp_path / "text.pt", weights_only=True))
+    with pytest.raises(InputError, match="ledger"):
+        lost.train_steps(records, k, round=1)
