@@ -139,7 +139,7 @@ def initial_weights(synth: TabularSynthesizer, tables: list[list[float]]) -> lis
 
 
 def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult:
-    started = time.time()
+    run_started = time.time()
     schema = Schema.load(settings.schema_path)
     checkpoint_dir = settings.run_dir / "checkpoint"
     synth = global_synthesizer(settings, schema)
@@ -166,7 +166,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult
     model_dir = settings.run_dir / "model"
     synth.save(model_dir)
     if settings.synthetic_records > 0:
-        release_and_evaluate(grid, nodes, synth, settings, started)
+        release_and_evaluate(grid, nodes, synth, settings, run_started)
     return FederationResult(model_dir=model_dir, sites=sorted(nodes.values()), state=state)
 
 

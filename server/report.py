@@ -82,12 +82,18 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                      f"{_fmt(fidelity['detection_auc']):>9} "
                      f"{_fmt(utility['tstr_macro_f1']) + '/' + _fmt(utility['trtr_macro_f1']):>12} "
                      f"{_fmt(metrics['privacy']['mia_auc']):>7}")
-    epsilons = [p["epsilon_total"] for p in report["privacy"]["per_site"].values()
-                if p.get("epsilon_total") is not None]
-    lines.append(f"sites {len(report['sites'])}; epsilon spent per site (federated model) "
-                 f"{min(epsilons, default=0):.2f}-{max(epsilons, default=0):.2f}, delta "
-                 f"{report['privacy'].get('delta')}")
+    per_site = report["privacy"]["per_site"].values()
+    federated = [p["epsilon_tabular"] for p in per_site]
+    total = [p["epsilon_total"] for p in per_site]
+    lines.append(f"sites {len(report['sites'])}; epsilon per site: federated model "
+                 f"{_span(federated)}, all releases incl. the local-only baseline {_span(total)}; "
+                 f"delta {report['privacy'].get('delta')}")
     return lines
+
+
+def _span(values: list[float]) -> str:
+    low, high = min(values, default=0.0), max(values, default=0.0)
+    return f"{low:.2f}" if round(low, 2) == round(high, 2) else f"{low:.2f}-{high:.2f}"
 
 
 def _fmt(value: Any) -> str:

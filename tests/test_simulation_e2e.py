@@ -16,6 +16,7 @@ from common.metrics.fidelity import quality_scores
 from common.privacy.ledger import LedgerEntry, epsilon_from_ledger
 from common.schema import Schema
 from common.tabular.synthesizer import TabularSynthesizer
+from server.report import summary_lines
 from simulation.baselines import pooled_split
 from simulation.hospitals import write_sim_data
 from simulation.pipeline import SimulatedRun, run_pipeline
@@ -146,6 +147,11 @@ def test_report_compares_federated_local_only_and_centralized_at_every_site(run)
         assert (metrics["n_train"], metrics["n_test"]) == (len(split["train"]), len(split["test"]))
         assert report["privacy"]["per_site"][site]["epsilon_tabular_local_only"] <= 8.0 + 1e-9
     assert report["summary"]["federated"]["n_test"] == sum(m["n_test"] for m in report["sites"].values())
+    assert 0 < report["run"]["duration_s"] < 3600
+    lines = summary_lines(report)  # what `fedsynth demo` prints
+    assert len(lines) == 5 and lines[1].startswith("federated") and lines[3].startswith("centralized")
+    federated = {p["epsilon_tabular"] for p in report["privacy"]["per_site"].values()}
+    assert f"federated model {min(federated):.2f}" in lines[4]
 
 
 def test_no_real_narrative_is_published(run) -> None:
