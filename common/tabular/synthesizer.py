@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,9 @@ from common.fileio import atomic_write_text
 from common.privacy.accountant import PrivacyAccountant, default_delta
 from common.privacy.budget import PrivacyBudget
 from common.privacy.counts import counts_release, label_distribution, release_counts
-from common.privacy.ledger import Ledger, LedgerEntry
+from common.privacy.ledger import Ledger
+from common.privacy.planned import PlannedBudget
+from common.saved_model import read_model_folder
 from common.schema import Schema
 from common.tabular.base import TabularModel
 from common.tabular.label_stats import label_tables, sensitivity
@@ -53,7 +54,7 @@ FILES = {"state": "tabular.pt", "schema": "schema.yaml", "meta": "tabular.json"}
 _SAMPLE_CHUNK = 4096
 
 
-class TabularSynthesizer:
+class TabularSynthesizer(PlannedBudget):
     """A conditional tabular generator of ``kind`` ("vae" or "ddpm") trained under
     (``epsilon``, ``delta``)-DP, or without DP when ``epsilon`` is None (baselines).
 
@@ -90,10 +91,6 @@ class TabularSynthesizer:
         self._trainer: Trainer | None = None
         self._pending_trainer_state: dict[str, Any] | None = None
         self.local_loss: float | None = None  # last round's mean loss: not private, stays here
-
-    @property
-    def private(self) -> bool:
-        return self.epsilon is not None
 
     # --- training -------------------------------------------------------------------------
     def fit(self, df: pd.DataFrame, steps: int | None = None) -> TabularSynthesizer:
@@ -214,24 +211,6 @@ class TabularSynthesizer:
             self._pending_trainer_state = None
         return trainer
 
-    def _require_plan(self) -> None:
-        """Before any release: a plan, and a budget whose accountant is rebuilt from the ledger
-        (checked against a loaded checkpoint, so a lost ledger cannot reset the spend)."""
-        if self._plan is None:
-            raise InputError("no privacy plan yet: call plan(n_records, planned_steps) with the steps "
-                             "of all rounds before the first release (fit() does it for you).")
-        if self.private and self.budget is None:
-            self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
-            if self._saved_accountant is not None:
-                self.budget.check_restored(self._saved_accountant.history)
-
-    def epsilon_spent(self) -> float | None:
-        if not self.private:
-            return None
-        if self.budget is not None:
-            return self.budget.spent()
-        return 0.0 if self._saved_accountant is None else self._saved_accountant.epsilon(self.delta)
-
     # --- federated weights ----------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
         return [t.detach().cpu().numpy().copy() for t in self.model.state_dict().values()]
@@ -299,18 +278,11 @@ class TabularSynthesizer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue at this site, or to sample: weights, counts, plan,
         optimizer, and the accountant history (checked against the ledger on load)."""
-        trainer = (self._trainer.state_dict() if self._trainer is not None
-                   else self._pending_trainer_state)
-        accountant = self.budget.accountant if self.budget is not None else self._saved_accountant
         return {
-            "kind": self.kind, "epsilon": self.epsilon, "delta": self.delta, "seed": self.seed,
-            "config": self.config, "model": self.model.state_dict(),
+            "kind": self.kind, "seed": self.seed, "config": self.config,
+            "model": self.model.state_dict(),
             "label_counts": _as_list(self.label_counts), "own_counts": _as_list(self._own_counts),
-            "own_tables": _as_list(self._own_tables),
-            "plan": self._plan, "trainer": trainer,
-            "accountant": None if accountant is None else accountant.to_dict(),
-            "ledger": ([asdict(e) for e in self.ledger.read()] if self.ledger.path is None
-                       else None),
+            "own_tables": _as_list(self._own_tables), **self._privacy_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -323,18 +295,10 @@ class TabularSynthesizer:
                              f"{state['config']}; build the synthesizer with the same kind and "
                              f"config (or use TabularSynthesizer.load).")
         self.model.load_state_dict(state["model"])
-        self.epsilon, self.delta = state["epsilon"], state["delta"]
         self.label_counts, self._own_counts = (_as_array(state["label_counts"]),
                                                _as_array(state["own_counts"]))
         self._own_tables = _as_array(state.get("own_tables"))
-        self._plan = None if state["plan"] is None else dict(state["plan"])
-        self._pending_trainer_state = state["trainer"]
-        self._saved_accountant = (None if state["accountant"] is None
-                                  else PrivacyAccountant.from_dict(state["accountant"]))
-        self.budget = None
-        if state["ledger"] is not None and self.ledger.path is None and not self.ledger.read():
-            for entry in state["ledger"]:
-                self.ledger.append(LedgerEntry(**entry))
+        self._restore_privacy_state(state)
 
     def save(self, folder: str | Path) -> None:
         """Write ``tabular.pt`` (state), ``schema.yaml`` and ``tabular.json`` (kind, config,
@@ -352,15 +316,7 @@ class TabularSynthesizer:
     def load(cls, folder: str | Path, device: str = "auto",
              ledger: str | Path | Ledger | None = None) -> TabularSynthesizer:
         folder = Path(folder)
-        missing = [name for name in FILES.values() if not (folder / name).is_file()]
-        if missing:
-            raise InputError(f"{folder}: not a saved tabular model (missing {missing}); pass the "
-                             f"model folder written by a run (e.g. runs/demo/model).")
-        meta = json.loads((folder / FILES["meta"]).read_text(encoding="utf-8"))
-        schema = Schema.load(folder / FILES["schema"])
-        if schema.hash != meta["schema_hash"]:
-            raise InputError(f"{folder / FILES['schema']} does not match the schema the model was "
-                             f"trained with (hash differs); restore the original schema.yaml.")
+        meta, schema = read_model_folder(folder, FILES, "tabular model")
         state = torch.load(folder / FILES["state"], map_location="cpu", weights_only=True)
         synth = cls(schema, kind=meta["kind"], epsilon=meta["epsilon"], delta=meta["delta"],
                     config=meta["config"], device=device, seed=state["seed"], ledger=ledger)

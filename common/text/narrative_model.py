@@ -29,7 +29,9 @@ from common.errors import InputError
 from common.fileio import atomic_write_text
 from common.privacy.accountant import PrivacyAccountant, default_delta
 from common.privacy.budget import PrivacyBudget
-from common.privacy.ledger import Ledger, LedgerEntry
+from common.privacy.ledger import Ledger
+from common.privacy.planned import PlannedBudget
+from common.saved_model import read_model_folder
 from common.schema import Schema
 from common.tabular.trainer import TrainSettings, resolve_device, sample_rate
 from common.text.base_models import load_base_model
@@ -61,7 +63,7 @@ FILES = {"adapter": "adapter", "meta": "narrative.json", "schema": "schema.yaml"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-class NarrativeModel:
+class NarrativeModel(PlannedBudget):
     """Writes a narrative per record; LoRA-trained under (``epsilon``, ``delta``)-DP, or without
     DP when ``epsilon`` is None (baselines, the canary control).
 
@@ -99,10 +101,6 @@ class NarrativeModel:
         self._pending_trainer_state: dict[str, Any] | None = None
         self.local_loss: float | None = None  # not private, stays at the site
         self.last_sample_stats: dict[str, float] = {}
-
-    @property
-    def private(self) -> bool:
-        return self.epsilon is not None
 
     # --- training -------------------------------------------------------------------------
     def fit(self, records: pd.DataFrame, steps: int | None = None) -> NarrativeModel:
@@ -166,24 +164,6 @@ class NarrativeModel:
             self._pending_trainer_state = None
         return trainer
 
-    def _require_plan(self) -> None:
-        """Before any training: a plan, and a budget rebuilt from the ledger (checked against a
-        loaded checkpoint, so a lost ledger cannot reset the spend)."""
-        if self._plan is None:
-            raise InputError("no privacy plan yet: call plan(n_records, planned_steps) with the steps "
-                             "of all rounds before the first training step (fit() does it for you).")
-        if self.private and self.budget is None:
-            self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
-            if self._saved_accountant is not None:
-                self.budget.check_restored(self._saved_accountant.history)
-
-    def epsilon_spent(self) -> float | None:
-        if not self.private:
-            return None
-        if self.budget is not None:
-            return self.budget.spent()
-        return 0.0 if self._saved_accountant is None else self._saved_accountant.epsilon(self.delta)
-
     # --- federated weights ----------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
         """What leaves the site: the trained adapter matrices (B only under FFA-LoRA)."""
@@ -237,16 +217,8 @@ class NarrativeModel:
     def state_dict(self) -> dict[str, Any]:
         """What a site needs to continue after a restart: adapter, plan, optimizer and the
         accountant history (checked against the ledger on load)."""
-        trainer = (self._trainer.state_dict() if self._trainer is not None
-                   else self._pending_trainer_state)
-        accountant = self.budget.accountant if self.budget is not None else self._saved_accountant
-        return {
-            "epsilon": self.epsilon, "delta": self.delta, "config": self.config,
-            "adapter": [torch.as_tensor(w) for w in self.get_weights()], "plan": self._plan,
-            "trainer": trainer, "accountant": None if accountant is None else accountant.to_dict(),
-            "ledger": ([asdict(e) for e in self.ledger.read()] if self.ledger.path is None
-                       else None),
-        }
+        return {"config": self.config,
+                "adapter": [torch.as_tensor(w) for w in self.get_weights()], **self._privacy_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore into a model that has not trained yet (training hooks are attached once)."""
@@ -257,15 +229,7 @@ class NarrativeModel:
             raise InputError(f"the saved narrative state has config {state['config']}; build the "
                              f"model with the same config.")
         self.set_weights([t.numpy() for t in state["adapter"]])
-        self.epsilon, self.delta = state["epsilon"], state["delta"]
-        self._plan = None if state["plan"] is None else dict(state["plan"])
-        self._pending_trainer_state = state["trainer"]
-        self._saved_accountant = (None if state["accountant"] is None
-                                  else PrivacyAccountant.from_dict(state["accountant"]))
-        self.budget = None
-        if state["ledger"] is not None and self.ledger.path is None and not self.ledger.read():
-            for entry in state["ledger"]:
-                self.ledger.append(LedgerEntry(**entry))
+        self._restore_privacy_state(state)
 
     def save(self, folder: str | Path) -> None:
         """Write ``adapter/`` (peft ``save_pretrained``), ``narrative.json`` (base, config,
@@ -283,15 +247,7 @@ class NarrativeModel:
     def load(cls, folder: str | Path, device: str = "auto",
              ledger: str | Path | Ledger | None = None) -> NarrativeModel:
         folder = Path(folder)
-        missing = [name for name in FILES.values() if not (folder / name).exists()]
-        if missing:
-            raise InputError(f"{folder}: not a saved narrative model (missing {missing}); pass the "
-                             f"model folder written by a run.")
-        meta = json.loads((folder / FILES["meta"]).read_text(encoding="utf-8"))
-        schema = Schema.load(folder / FILES["schema"])
-        if schema.hash != meta["schema_hash"]:
-            raise InputError(f"{folder / FILES['schema']} does not match the schema the narrative "
-                             f"model was trained with (hash differs); restore the original.")
+        meta, schema = read_model_folder(folder, FILES, "narrative model")
         model = cls(schema, epsilon=meta["epsilon"], delta=meta["delta"], config=meta["config"],
                     device=device, ledger=ledger)
         set_peft_model_state_dict(model.model,
