@@ -65,7 +65,7 @@ def measure(profile: RunProfile, generator: str, seed: int, work: Path) -> Row:
     files = {p.stem: p for p in paths if p.suffix == ".csv"}
     schema_path = work / "data" / "schema.yaml"
     sites = simulated_sites(files, schema_path, work / "sites", EPSILON)
-    settings = simulation_settings(sites, schema_path, work / "run", profile, generator, seed)
+    settings = simulation_settings(len(sites), schema_path, work / "run", profile, generator, seed)
     start = time.perf_counter()
     run_simulated_federation(sites, settings)
     federated_s = time.perf_counter() - start

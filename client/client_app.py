@@ -1,8 +1,9 @@
 """The hospital's ClientApp: thin handlers that read the site's own files and call ``client.task``.
 
 Every reply carries only what may leave a site: a handshake verdict, DP label counts, DP model
-updates with the epsilon spent. Problems with the site's own data or budget become error replies
-(details in the site's log), never a crash of the federation.
+updates (tabular weights, narrative adapters) with the epsilon spent, and evaluation figures.
+Problems with the site's own data or budget become error replies (details in the site's log),
+never a crash of the federation.
 """
 
 from __future__ import annotations
@@ -94,12 +95,16 @@ def make_client_app(resolve_site: SiteResolver) -> ClientApp:
         return Message(content, reply_to=msg)
 
     def train(msg: Message, context: Context) -> Message:
-        """One round of local DP-SGD from the global weights."""
+        """One round of local DP-SGD from the global weights: the tabular generator's
+        (``train.vae``, ``train.ddpm``) or the narrative adapters' (``train.lora``)."""
         from client.task import SiteTask
+        from client.text_task import NarrativeTask
 
         try:
             plan = RunPlan.from_config(msg.content["plan"])
-            task = SiteTask(resolve_site(context), plan)
+            site = resolve_site(context)
+            task = NarrativeTask(site, plan) if msg.metadata.message_type == "train.lora" \
+                else SiteTask(site, plan)
             round_ = int(msg.content["round"]["round"])
             weights, epsilon = task.train_round(round_, msg.content["weights"].to_numpy_ndarrays())
         except InputError as exc:
@@ -108,8 +113,8 @@ def make_client_app(resolve_site: SiteResolver) -> ClientApp:
                               "privacy": MetricRecord({"epsilon": epsilon, "round": round_})})
         return Message(content, reply_to=msg)
 
-    app.train("vae")(train)
-    app.train("ddpm")(train)
+    for action in ("vae", "ddpm", "lora"):
+        app.train(action)(train)
 
     @app.evaluate("tabular")
     def evaluate(msg: Message, context: Context) -> Message:

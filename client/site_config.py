@@ -19,6 +19,7 @@ class SiteConfig:
     bad_rows: str = "reject"
     exclude: bool = False
     epsilon_tabular: float = 3.0
+    epsilon_text: float = 3.0  # the narrative model's own budget, in the same ledger
     delta: float | None = None
 
     @classmethod
@@ -34,15 +35,17 @@ class SiteConfig:
             raise InputError(f"node config bad-rows={bad_rows!r}; use 'reject' or 'quarantine'.")
         try:
             epsilon = float(node_config.get("epsilon-tabular", 3.0))
+            epsilon_text = float(node_config.get("epsilon-text", 3.0))
             delta = None if "delta" not in node_config else float(node_config["delta"])
         except (TypeError, ValueError):
-            raise InputError("node config epsilon-tabular and delta must be numbers.")
-        if epsilon <= 0 or (delta is not None and not 0 < delta < 1):
-            raise InputError(f"node config epsilon-tabular={epsilon} must be > 0 and delta in (0, 1).")
+            raise InputError("node config epsilon-tabular, epsilon-text and delta must be numbers.")
+        if epsilon <= 0 or epsilon_text <= 0 or (delta is not None and not 0 < delta < 1):
+            raise InputError(f"node config epsilon-tabular={epsilon} and epsilon-text="
+                             f"{epsilon_text} must be > 0 and delta in (0, 1).")
         return cls(name=str(node_config.get("site-name", Path(str(node_config["data-path"])).stem)),
                    data_path=Path(str(node_config["data-path"])),
                    schema_path=Path(str(node_config["schema-path"])),
                    state_dir=Path(str(node_config["state-dir"])),
                    bad_rows=bad_rows,
                    exclude=bool(node_config.get("exclude", False)),
-                   epsilon_tabular=epsilon, delta=delta)
+                   epsilon_tabular=epsilon, epsilon_text=epsilon_text, delta=delta)

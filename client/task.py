@@ -1,9 +1,8 @@
 """What a site does in a federated run, without Flower: its data, its budget, its rounds.
 
 State lives in ``STATE_DIR/RUN/``: the privacy ledger (the source of truth for the spend), the
-synthesizer's state after the last round, and each round's update. A round the site already
-trained is answered from its saved update, so a coordinator that resends a round after a crash
-never makes the site spend budget twice. The local-only baseline (the site's own model, the
+synthesizer's state after the last round, and each round's update (``client.site_state``: a
+resent round spends nothing twice). The local-only baseline (the site's own model, the
 yardstick of what federating gains it) is trained there once too, and never leaves the site.
 """
 
@@ -14,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from client.site_config import SiteConfig
+from client.site_state import STATE_FILE, cached_round, load_state, save_state
 from common.data import load_site_data, stratified_split
 from common.errors import InputError
 from common.privacy.ledger import Ledger, epsilon_from_ledger
@@ -67,18 +66,14 @@ class SiteTask:
         synth = TabularSynthesizer(self.schema, kind=self.plan.kind, epsilon=self.site.epsilon_tabular,
                                    delta=self.site.delta, config=self.plan.tabular_config,
                                    seed=self.plan.seed, ledger=self.ledger_path, name=folder.name)
-        state_file = folder / "state.pt"
-        if state_file.exists():
-            synth.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
+        state = load_state(folder)
+        if state is not None:
+            synth.load_state_dict(state)
             synth.epsilon = self.site.epsilon_tabular  # the site's current budget always wins
         return synth
 
     def _save(self, synth: TabularSynthesizer, folder: Path | None = None) -> None:
-        folder = folder or self.model_folder
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".state.pt.tmp"
-        torch.save(synth.state_dict(), tmp)
-        tmp.replace(folder / "state.pt")
+        save_state(synth.state_dict(), folder or self.model_folder)
 
     def label_counts(self) -> tuple[np.ndarray, np.ndarray | None]:
         """DP label counts and (for a model that uses them) class-conditional tables: one release,
@@ -93,26 +88,20 @@ class SiteTask:
     def train_round(self, round_: int, global_weights: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
         """``local_steps`` DP-SGD steps from the global weights; the spend is in the ledger before
         the update is returned. Returns (weights, epsilon spent so far)."""
-        cached = self.model_folder / f"round-{round_:04d}.npz"
-        if cached.exists():
-            saved = np.load(cached)
-            weights = [saved[f"w{i}"] for i in range(len(saved.files) - 1)]
-            return weights, float(saved["epsilon"])
         if not 1 <= round_ <= self.plan.rounds:
             raise InputError(f"round {round_} is outside the planned 1..{self.plan.rounds}.")
-        train = self.train_split()
-        synth = self._synthesizer()
-        synth.plan(len(train), self.plan.rounds * self.plan.local_steps)
-        synth.set_weights(global_weights)
-        epsilon = synth.train_steps(train, self.plan.local_steps, round=round_,
-                                    proximal_mu=self.plan.proximal_mu)
-        weights = synth.get_weights()
-        self._save(synth)
-        arrays = {f"w{i}": w for i, w in enumerate(weights)}
-        tmp = self.model_folder / f".round-{round_:04d}.tmp.npz"
-        np.savez(tmp, epsilon=np.float64(-1.0 if epsilon is None else epsilon), **arrays)
-        tmp.replace(cached)
-        return weights, (-1.0 if epsilon is None else float(epsilon))
+
+        def train() -> tuple[list[np.ndarray], float | None]:
+            records = self.train_split()
+            synth = self._synthesizer()
+            synth.plan(len(records), self.plan.rounds * self.plan.local_steps)
+            synth.set_weights(global_weights)
+            epsilon = synth.train_steps(records, self.plan.local_steps, round=round_,
+                                        proximal_mu=self.plan.proximal_mu)
+            self._save(synth)
+            return synth.get_weights(), epsilon
+
+        return cached_round(self.model_folder, round_, train)
 
     def local_only_synthetic(self, n_records: int, seed: int) -> pd.DataFrame:
         """``n_records`` from the local-only baseline: the site's model trained alone, with the
@@ -123,7 +112,7 @@ class SiteTask:
         is computed from its records (evaluation figures) may leave the site.
         """
         synth = self._synthesizer(self.local_folder)
-        if not (self.local_folder / "state.pt").exists():
+        if not (self.local_folder / STATE_FILE).exists():
             synth.fit(self.train_split(), steps=self.plan.rounds * self.plan.local_steps)
             self._save(synth, self.local_folder)
         return synth.sample(n_records, seed=seed)

@@ -1,4 +1,5 @@
-"""Sampling a synthetic dataset from released global generators (a run's ``model/`` folder)."""
+"""Sampling a synthetic dataset from released global generators (a run's ``model/`` folder): the
+tabular records, then (when the folder holds a narrative adapter) a narrative for each."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pandas as pd
 
 from common.errors import InputError
 from common.tabular.synthesizer import TabularSynthesizer
+from common.text.narrative_model import FILES as NARRATIVE_FILES
+from common.text.narrative_model import FLAG_COLUMN, NarrativeModel
 
 
 def parse_conditions(items: Sequence[str]) -> dict[str, str]:
@@ -24,12 +27,37 @@ def parse_conditions(items: Sequence[str]) -> dict[str, str]:
     return conditions
 
 
+def has_narratives(model_dir: str | Path) -> bool:
+    """Whether ``model_dir`` holds a narrative model (a run with narratives)."""
+    return (Path(model_dir) / NARRATIVE_FILES["meta"]).exists()
+
+
 def synthesize(model_dir: str | Path, n: int, conditions: dict[str, str] | None = None,
-               seed: int | None = None) -> pd.DataFrame:
-    """``n`` synthetic records from the global tabular generator in ``model_dir``."""
+               seed: int | None = None, text: bool = True) -> pd.DataFrame:
+    """``n`` synthetic records from the global tabular generator in ``model_dir``, each with a
+    narrative when ``text`` and the folder has a narrative model."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise InputError(f"{model_dir}: model folder not found; pass the model/ folder of a run "
                          f"(e.g. runs/demo/model).")
     synthesizer = TabularSynthesizer.load(model_dir, device="auto")
-    return synthesizer.sample(n, conditions=conditions, seed=seed)
+    records = synthesizer.sample(n, conditions=conditions, seed=seed)
+    if text and has_narratives(model_dir):
+        records = add_narratives(records, NarrativeModel.load(model_dir), None, seed)
+    return records
+
+
+def add_narratives(records: pd.DataFrame, model: NarrativeModel, limit: int | None,
+                   seed: int | None) -> pd.DataFrame:
+    """``records`` with a narrative (and the gate's ``narrative_flagged``) for the first ``limit``
+    of them (all when None); the others keep an empty narrative and flag, so a quick CPU run
+    can release many records and narrate a few."""
+    limit = len(records) if limit is None else min(limit, len(records))
+    narrated = model.sample(records.iloc[:limit], seed=seed)
+    column = model.schema.narrative.name
+    out = records.copy()
+    out[column] = pd.array([pd.NA] * len(out), dtype="string")
+    out[FLAG_COLUMN] = pd.array([pd.NA] * len(out), dtype="boolean")
+    out.loc[out.index[:limit], column] = narrated[column].to_numpy()
+    out.loc[out.index[:limit], FLAG_COLUMN] = narrated[FLAG_COLUMN].to_numpy()
+    return out

@@ -86,7 +86,8 @@ def _print_run(report: dict, out: Path) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from simulation.demo import run_demo
 
-    _print_run(run_demo(out=Path(args.out), profile=args.profile, seed=args.seed), Path(args.out))
+    _print_run(run_demo(out=Path(args.out), profile=args.profile, seed=args.seed,
+                        text=not args.no_text), Path(args.out))
     return 0
 
 
@@ -101,7 +102,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         files = site_files_from(Path(args.data), args.site_column, Path(work))
         report = run_pipeline(files, Path(args.schema), Path(args.out), PROFILES[args.profile],
                               generator=args.generator, epsilon_tabular=args.epsilon_tabular,
-                              seed=args.seed)
+                              seed=args.seed, text=not args.no_text,
+                              epsilon_text=args.epsilon_text, text_model=args.text_model)
     _print_run(report, Path(args.out))
     return 0
 
@@ -118,13 +120,13 @@ def _positive_float(text: str) -> float:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from common.fileio import write_table
-    from common.synthesis import parse_conditions, synthesize
+    from common.synthesis import has_narratives, parse_conditions, synthesize
 
     conditions = parse_conditions(args.condition)
-    frame = synthesize(args.model, args.n, conditions, seed=args.seed)
-    if not args.no_text:
-        print("note: narratives come with the narrative stage; these records are tabular only.",
-              file=sys.stderr)
+    frame = synthesize(args.model, args.n, conditions, seed=args.seed, text=not args.no_text)
+    if not args.no_text and not has_narratives(args.model):
+        print(f"note: {args.model} holds no narrative model (a run with --no-text); these records "
+              f"are tabular only.", file=sys.stderr)
     write_table(frame, args.out)
     print(f"Wrote {len(frame)} synthetic records to {args.out}"
           + (f" (conditioned on {conditions})" if conditions else "") + ".")
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--profile", choices=("quick", "full"), default="quick")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-text", action="store_true", help="tabular records only, no narratives")
     demo.set_defaults(func=cmd_demo)
 
     simulate = sub.add_parser("simulate", help="the federated pipeline on your own data")
@@ -192,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--generator", choices=("vae", "ddpm"), default="vae")
     simulate.add_argument("--epsilon-tabular", type=_positive_float, default=3.0,
                           help="each site's budget for the tabular generator (3.0)")
+    simulate.add_argument("--epsilon-text", type=_positive_float, default=3.0,
+                          help="each site's budget for the narrative model (3.0)")
+    simulate.add_argument("--no-text", action="store_true",
+                          help="tabular records only: no narrative model, no narratives")
+    simulate.add_argument("--text-model", metavar="BASE",
+                          help="the narrative base model: smollm2 (the profiles' default), tiny "
+                               "(tests), or local:PATH (a Hugging Face causal LM folder, e.g. "
+                               "MedGemma 27B text-it on a GPU)")
     simulate.add_argument("--seed", type=int, default=0)
     simulate.set_defaults(func=cmd_simulate)
 

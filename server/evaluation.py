@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from common.fileio import table_bytes
+from common.text.canary import Canary
+from common.text.narrative_model import NarrativeModel
 from server.messaging import send
 
 log = logging.getLogger("fedsynth.server")
@@ -36,3 +40,13 @@ def evaluate_at_sites(grid: Grid, nodes: dict[int, str], synthetic: dict[str, pd
     if missing:
         log.warning("evaluation: no figures from %s; the report leaves them out", missing)
     return results
+
+
+def canary_exposure_bits(model: NarrativeModel, spec_path: str | Path, seed: int) -> tuple[str, float]:
+    """Simulation only: the site whose training narratives carried planted canaries
+    (``simulation.canaries``) and their mean exposure in the global narrative model, in bits."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    bits = [model.canary_exposure(c["record"], c["narrative"], Canary(c["secret"]),
+                                  int(spec["candidates"]), seed=seed + i)
+            for i, c in enumerate(spec["canaries"])]
+    return str(spec["site"]), float(np.mean(bits))

@@ -2,8 +2,10 @@
 
 1. handshake (schema hash, version, data check); 2. DP label counts (the FedAvg weights and the
 global label distribution); 3. R rounds of FedAvg of the chosen tabular generator, each update
-checked before it counts, a checkpoint after every round; 4. the global model saved in the format
-``fedsynth generate`` loads; 5. when ``synthetic_records`` > 0, the synthetic dataset, scored at
+checked before it counts, a checkpoint after every round; 4. with a text config, rounds of FedAvg
+of the narrative model's LoRA adapters (``train.lora``, the sites' text budgets), checked and
+checkpointed the same way; 5. the global generators saved in the format ``fedsynth generate``
+loads; 6. when ``synthetic_records`` > 0, the synthetic dataset with its narratives, scored at
 every site against its held-out data with the baselines (``server.evaluation``), and the report.
 A round with fewer good replies than the quorum is sent again (sites answer a round they already
 trained from their saved update, spending nothing) and the run stops with a message when retries
@@ -27,11 +29,13 @@ from flwr.serverapp import Grid
 from common.fileio import write_table
 from common.run_plan import RunPlan
 from common.schema import Schema
+from common.synthesis import add_narratives
 from common.tabular.synthesizer import TabularSynthesizer
+from common.text.narrative_model import NarrativeModel
 from fedsynth import __version__
 from server.aggregate import update_problem, weighted_average
-from server.checkpoint import RunState, load_checkpoint, save_checkpoint
-from server.evaluation import evaluate_at_sites
+from server.checkpoint import RunState, load_checkpoint, load_weights, save_checkpoint
+from server.evaluation import canary_exposure_bits, evaluate_at_sites
 from server.handshake import QuorumError, run_handshake
 from server.messaging import send
 from server.report import build_report, privacy_section, write_report
@@ -61,12 +65,18 @@ class FederationSettings:
     local_only: bool = False  # sites also train and score a local-only baseline (spends budget)
     centralized_path: str = ""  # simulation: the centralized baseline's records, scored too
     profile: str = "deployment"  # for the report
+    text_config: dict[str, Any] | None = None  # the narrative model's; None: a tabular-only run
+    text_rounds: int = 0
+    text_local_steps: int = 0
+    narrated_records: int | None = None  # released records that get a narrative; None: all
+    canary_path: str = ""  # simulation: canaries planted in one site's narratives, to measure
 
     @property
     def plan(self) -> RunPlan:
         return RunPlan(run=self.run, kind=self.kind, rounds=self.rounds, local_steps=self.local_steps,
                        seed=self.seed, tabular_config=self.tabular_config,
-                       proximal_mu=self.proximal_mu)
+                       proximal_mu=self.proximal_mu, text_config=self.text_config,
+                       text_rounds=self.text_rounds, text_local_steps=self.text_local_steps)
 
 
 @dataclass
@@ -95,14 +105,18 @@ def collect_label_counts(grid: Grid, nodes: dict[int, str], settings: Federation
 
 
 def train_round(grid: Grid, nodes: dict[int, str], round_: int, weights: list[np.ndarray],
-                settings: FederationSettings, state: RunState) -> list[np.ndarray]:
-    """One FedAvg round, retried while fewer than ``quorum`` good updates arrive."""
+                settings: FederationSettings, state: RunState, action: str = "") -> list[np.ndarray]:
+    """One FedAvg round of ``train.ACTION`` (the tabular generator's kind by default, ``lora``
+    for the narrative adapters), retried while fewer than ``quorum`` good updates arrive."""
+    action = action or settings.kind
+    text = action == "lora"
+    spent = state.text_epsilon if text else state.site_epsilon
     content = RecordDict({"weights": ArrayRecord(weights),
                           "plan": ConfigRecord(settings.plan.to_config()),
                           "round": ConfigRecord({"round": round_})})
     for attempt in range(settings.round_retries + 1):
-        replies = send(grid, nodes, f"train.{settings.kind}", content, settings.round_timeout_s,
-                        group=str(round_))
+        replies = send(grid, nodes, f"train.{action}", content, settings.round_timeout_s,
+                       group=f"lora-{round_}" if text else str(round_))
         updates, sizes = [], []
         for site, reply in sorted(replies.items()):
             update = reply.content["weights"].to_numpy_ndarrays()
@@ -113,7 +127,7 @@ def train_round(grid: Grid, nodes: dict[int, str], round_: int, weights: list[np
                 continue
             updates.append(update)
             sizes.append(max(sum(state.label_counts[site]), 1.0))  # DP counts, never exact sizes
-            state.site_epsilon[site] = float(reply.content["privacy"]["epsilon"])
+            spent[site] = float(reply.content["privacy"]["epsilon"])
         if len(updates) >= settings.quorum:
             log.info("round %d: aggregated %d update(s)", round_, len(updates))
             return weighted_average(updates, sizes)
@@ -163,17 +177,47 @@ def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult
         save_checkpoint(checkpoint_dir, state, weights)
     synth.set_weights(weights)
     synth.set_label_counts(np.sum([state.label_counts[s] for s in sorted(nodes.values())], axis=0))
+    narrative = train_narratives(grid, nodes, settings, state, schema) if settings.plan.has_text \
+        else None
     model_dir = settings.run_dir / "model"
     synth.save(model_dir)
+    if narrative is not None:
+        narrative.save(model_dir)
     if settings.synthetic_records > 0:
-        release_and_evaluate(grid, nodes, synth, settings, run_started)
+        release_and_evaluate(grid, nodes, synth, narrative, settings, run_started)
     return FederationResult(model_dir=model_dir, sites=sorted(nodes.values()), state=state)
 
 
+def train_narratives(grid: Grid, nodes: dict[int, str], settings: FederationSettings,
+                     state: RunState, schema: Schema) -> NarrativeModel:
+    """The narrative stage: FedAvg of the sites' LoRA adapters (B matrices under FFA-LoRA, so the
+    average is exact), from the shared initial adapter, checkpointed every round."""
+    narrative = NarrativeModel(schema, epsilon=None, config=settings.text_config, seed=settings.seed)
+    checkpoint_dir = settings.run_dir / "checkpoint"
+    weights = load_weights(checkpoint_dir, "text") if state.text_rounds_done else \
+        narrative.get_weights()
+    for round_ in range(state.text_rounds_done + 1, settings.text_rounds + 1):
+        started = time.monotonic()
+        weights = train_round(grid, nodes, round_, weights, settings, state, action="lora")
+        state.text_rounds_done = round_
+        state.round_seconds.append(time.monotonic() - started)
+        save_checkpoint(checkpoint_dir, state, weights, part="text")
+    narrative.set_weights(weights)
+    return narrative
+
+
 def release_and_evaluate(grid: Grid, nodes: dict[int, str], synth: TabularSynthesizer,
-                         settings: FederationSettings, started: float) -> None:
-    """The synthetic dataset (seeded), scored at every site with the baselines, and the report."""
+                         narrative: NarrativeModel | None, settings: FederationSettings,
+                         started: float) -> None:
+    """The synthetic dataset (seeded) with its narratives, scored at every site with the
+    baselines, and the report."""
     synthetic = synth.sample(settings.synthetic_records, seed=settings.seed)
+    if narrative is not None:
+        synthetic = add_narratives(synthetic, narrative, settings.narrated_records, settings.seed)
+        stats = narrative.last_sample_stats
+        log.info("narratives: %d written (%d attempts, %d still flagged by the gate), %d tokens in "
+                 "%.0f s", stats["records"], stats["attempts"], stats["flagged"], stats["tokens"],
+                 stats["seconds"])
     write_table(synthetic, settings.run_dir / "synthetic.csv")
     write_table(synthetic, settings.run_dir / "synthetic.parquet")
     sets = {"federated": synthetic}
@@ -182,10 +226,16 @@ def release_and_evaluate(grid: Grid, nodes: dict[int, str], synth: TabularSynthe
     evaluations = evaluate_at_sites(grid, nodes, sets, settings.plan.to_config(),
                                     settings.synthetic_records if settings.local_only else 0,
                                     settings.seed, settings.round_timeout_s)
+    if narrative is not None and settings.canary_path:
+        site, bits = canary_exposure_bits(narrative, settings.canary_path, settings.seed)
+        text = (evaluations.get(site, {}).get("federated") or {}).get("text")
+        if text is not None:
+            text["canary_exposure_bits"] = round(bits, 4)
+        log.info("canary exposure (site %s): %.2f bits", site, bits)
     run = {"fedsynth_version": __version__, "seed": settings.seed, "profile": settings.profile,
            "generator": settings.kind, "sites": sorted(nodes.values()), "rounds": settings.rounds,
            "duration_s": round(time.time() - started, 1),
            "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")}
     privacy = privacy_section({site: e["privacy"] for site, e in evaluations.items()},
-                              synth.model_name)
+                              synth.model_name, narrative.model_name if narrative else None)
     write_report(settings.run_dir, build_report(run, privacy, evaluations), synthetic)

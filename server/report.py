@@ -44,12 +44,15 @@ def build_report(run: Mapping[str, Any], privacy: Mapping[str, Any],
     }
 
 
-def privacy_section(spends: Mapping[str, Mapping[str, Any]], model: str) -> dict[str, Any]:
+def privacy_section(spends: Mapping[str, Mapping[str, Any]], model: str,
+                    text_model: str | None = None) -> dict[str, Any]:
     """CONTRACT's ``privacy`` from each site's reported spend (``SiteTask.spends``): the federated
-    ``model``'s epsilon, the local-only baseline's, and the site's total over every release."""
+    ``model``'s epsilon, the local-only baseline's, the narrative model's (``text_model``; null
+    in a run without narratives), and the site's total over every release."""
     per_site = {site: {"epsilon_tabular": spend["epsilon"].get(model, 0.0),
                        "epsilon_tabular_local_only": spend["epsilon"].get(f"{model}-local"),
-                       "epsilon_text": None, "epsilon_total": spend["epsilon_total"]}
+                       "epsilon_text": spend["epsilon"].get(text_model, 0.0) if text_model else None,
+                       "epsilon_total": spend["epsilon_total"]}
                 for site, spend in sorted(spends.items())}
     deltas = [spend["delta"] for spend in spends.values() if spend["delta"] is not None]
     return {"delta": max(deltas, default=None), "per_site": per_site}
@@ -68,25 +71,31 @@ def write_report(folder: Path, report: Mapping[str, Any], synthetic: pd.DataFram
 
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     """Five lines for a terminal: federated vs local-only vs centralized on the figures that tell
-    generators apart (pair trends, detection AUC, TSTR against TRTR, membership inference)."""
+    generators apart (pair trends, detection AUC, TSTR against TRTR, membership inference, and
+    the narratives' consistency against the real notes' when the run wrote narratives)."""
     rows = [("federated", report["summary"]["federated"]),
             ("local-only", report["summary"]["local_only"]),
             ("centralized", report["summary"]["centralized"])]
-    lines = [f"{'':12} {'pair trends':>11} {'detection':>9} {'TSTR/TRTR':>12} {'MIA AUC':>7}"]
+    lines = [f"{'':12} {'pair trends':>11} {'detection':>9} {'TSTR/TRTR':>12} {'MIA AUC':>7} "
+             f"{'narrative consistency/real':>26}"]
     for name, metrics in rows:
         if metrics is None:
             lines.append(f"{name:12} {'(not run)':>11}")
             continue
-        fidelity, utility = metrics["fidelity"], metrics["utility"]
+        fidelity, utility, text = metrics["fidelity"], metrics["utility"], metrics.get("text")
+        narratives = "-" if not text else \
+            f"{_fmt(text['consistency_accuracy'])}/{_fmt(text['real_consistency_accuracy'])}"
         lines.append(f"{name:12} {_fmt(fidelity['column_pair_trends']):>11} "
                      f"{_fmt(fidelity['detection_auc']):>9} "
                      f"{_fmt(utility['tstr_macro_f1']) + '/' + _fmt(utility['trtr_macro_f1']):>12} "
-                     f"{_fmt(metrics['privacy']['mia_auc']):>7}")
+                     f"{_fmt(metrics['privacy']['mia_auc']):>7} {narratives:>26}")
     per_site = report["privacy"]["per_site"].values()
     federated = [p["epsilon_tabular"] for p in per_site]
+    text = [p["epsilon_text"] for p in per_site if p.get("epsilon_text") is not None]
     total = [p["epsilon_total"] for p in per_site]
     lines.append(f"sites {len(report['sites'])}; epsilon per site: federated model "
-                 f"{_span(federated)}, all releases incl. the local-only baseline {_span(total)}; "
+                 f"{_span(federated)}" + (f", narrative model {_span(text)}" if text else "")
+                 + f", all releases incl. the local-only baseline {_span(total)}; "
                  f"delta {report['privacy'].get('delta')}")
     return lines
 

@@ -16,10 +16,8 @@ def settings_from_run_config(config: Mapping[str, Any]) -> FederationSettings:
     if not schema_path:
         raise InputError("run config schema-path is empty: pass the consortium schema, e.g. "
                          "flwr run . fed --run-config \"schema-path='/etc/fedsynth/schema.yaml'\"")
-    try:
-        tabular_config = json.loads(str(config.get("tabular-config", "{}")))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"run config tabular-config is not JSON ({exc}).")
+    tabular_config = _json(config, "tabular-config", "{}")
+    text_config = _json(config, "text-config", "null")  # null: a run without narratives
     return FederationSettings(
         schema_path=Path(schema_path), run_dir=Path(str(config.get("run-dir", "runs/federation"))),
         run=str(config.get("run-name", "run")), kind=str(config.get("generator", "vae")),
@@ -33,4 +31,14 @@ def settings_from_run_config(config: Mapping[str, Any]) -> FederationSettings:
         resume=bool(config.get("resume", False)),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         synthetic_records=int(config.get("synthetic-records", 0)),
-        local_only=bool(config.get("local-only", False)))
+        local_only=bool(config.get("local-only", False)),
+        text_config=text_config, text_rounds=int(config.get("text-rounds", 0)),
+        text_local_steps=int(config.get("text-local-steps", 0)),
+        narrated_records=int(config.get("narrated-records", 0)) or None)
+
+
+def _json(config: Mapping[str, Any], key: str, default: str) -> Any:
+    try:
+        return json.loads(str(config.get(key, default)))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"run config {key} is not JSON ({exc}).") from None

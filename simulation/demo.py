@@ -10,10 +10,12 @@ from simulation.pipeline import run_pipeline
 from simulation.profiles import PROFILES
 
 
-def run_demo(out: Path, profile: str = "quick", seed: int = 0) -> dict:
-    """Simulate hospitals, then run the whole federated pipeline on them."""
+def run_demo(out: Path, profile: str = "quick", seed: int = 0, text: bool = True) -> dict:
+    """Simulate hospitals, then run the whole federated pipeline on them (``text``: with the
+    narrative model and narratives)."""
     settings = PROFILES[profile]
     with tempfile.TemporaryDirectory(prefix="fedsynth-demo-data-") as data:
         paths = write_sim_data(Path(data), settings.sites, settings.records_per_site, seed)
         site_files = {p.stem: p for p in paths if p.suffix == ".csv"}
-        return run_pipeline(site_files, Path(data) / "schema.yaml", out, settings, seed=seed)
+        return run_pipeline(site_files, Path(data) / "schema.yaml", out, settings, seed=seed,
+                            text=text)

@@ -28,6 +28,7 @@ from common.privacy.ledger import Ledger
 from common.schema import Schema
 from server.federation import FederationSettings
 from simulation.baselines import centralized_synthetic
+from simulation.canaries import plant_canaries
 from simulation.federated import run_simulated_federation
 from simulation.profiles import RunProfile
 
@@ -53,22 +54,34 @@ Inspect = Callable[[SimulatedRun], None]  # sees the run before its private fold
 
 def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, profile: RunProfile,
                  generator: str = "vae", epsilon_tabular: float = 3.0, seed: int = 0,
-                 inspect: Inspect | None = None) -> dict[str, Any]:
-    """Centralized baseline -> federated training -> synthesis -> federated evaluation (each
-    site scores the released set, the centralized one and its own local-only model, which spends
-    its budget a second time, in its ledger) -> outputs in ``out``, written whole or not at all.
+                 inspect: Inspect | None = None, text: bool = True, epsilon_text: float = 3.0,
+                 text_model: str | None = None) -> dict[str, Any]:
+    """Centralized baseline -> federated training (tabular generator, then, with ``text`` and a
+    narrative column, the narrative model's adapters, ``text_model`` overriding the profile's
+    base) -> synthesis -> federated evaluation (each site scores the released set, the
+    centralized one and its own local-only model, which spends its budget a second time, in its
+    ledger) -> outputs in ``out``, written whole or not at all. With narratives, canaries are
+    planted in the first site's training narratives and their exposure is reported.
     """
     schema = Schema.load(schema_path)
     for path in site_files.values():  # bad input stops here with the full report (exit 2)
         load_site_data(path, schema, bad_rows="reject")
+    text = text and schema.narrative is not None and profile.text_rounds > 0
     with tempfile.TemporaryDirectory(prefix="fedsynth-sites-") as private, staged_dir(out) as stage:
         centralized = centralized_synthetic(site_files, schema, profile, generator,
                                             epsilon_tabular, seed)
         centralized_path = write_table(centralized, Path(private) / "centralized.parquet")
-        sites = simulated_sites(site_files, schema_path, Path(private) / "sites", epsilon_tabular)
-        settings = replace(simulation_settings(sites, schema_path, stage, profile, generator, seed),
+        settings = replace(simulation_settings(len(site_files), schema_path, stage, profile,
+                                               generator, seed),
                            synthetic_records=profile.synthetic_records, local_only=True,
                            centralized_path=str(centralized_path), profile=profile.name)
+        if text:
+            canaries = plant_canaries(site_files, schema, seed, Path(private) / "canaries")
+            site_files = {**site_files, canaries.site: canaries.site_file}
+            settings = replace(settings, **text_settings(profile, schema, text_model),
+                               canary_path=str(canaries.spec))
+        sites = simulated_sites(site_files, schema_path, Path(private) / "sites", epsilon_tabular,
+                                epsilon_text)
         run_simulated_federation(sites, settings)
         shutil.rmtree(stage / "checkpoint")  # the coordinator's resume state, not a release
         _write_ledgers(sites, stage / "privacy")
@@ -84,22 +97,36 @@ def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, prof
 
 
 def simulated_sites(site_files: dict[str, Path], schema_path: Path, state_root: Path,
-                    epsilon_tabular: float) -> list[SiteConfig]:
+                    epsilon_tabular: float, epsilon_text: float = 3.0) -> list[SiteConfig]:
     """One hospital per data file, its private state in ``state_root/NAME`` (like a site's state
     directory), delta by the site's own rule."""
     return [SiteConfig(name=name, data_path=path, schema_path=schema_path,
-                       state_dir=state_root / name, epsilon_tabular=epsilon_tabular)
+                       state_dir=state_root / name, epsilon_tabular=epsilon_tabular,
+                       epsilon_text=epsilon_text)
             for name, path in sorted(site_files.items())]
 
 
-def simulation_settings(sites: list[SiteConfig], schema_path: Path, run_dir: Path,
-                        profile: RunProfile, generator: str, seed: int) -> FederationSettings:
+def simulation_settings(n_sites: int, schema_path: Path, run_dir: Path, profile: RunProfile,
+                        generator: str, seed: int) -> FederationSettings:
     """The coordinator's settings: every site must join, half of them make a round's quorum."""
     return FederationSettings(
         schema_path=schema_path, run_dir=run_dir, run=RUN_NAME, kind=generator,
         rounds=profile.rounds, local_steps=profile.local_steps, seed=seed,
-        tabular_config=profile.tabular_config, min_sites=len(sites),
-        quorum=max(1, math.ceil(len(sites) / 2)), handshake_timeout_s=120, round_timeout_s=1800)
+        tabular_config=profile.tabular_config, min_sites=n_sites,
+        quorum=max(1, math.ceil(n_sites / 2)), handshake_timeout_s=120, round_timeout_s=1800)
+
+
+def text_settings(profile: RunProfile, schema: Schema, text_model: str | None) -> dict[str, Any]:
+    """The narrative stage of ``profile``: its base model replaced by ``text_model`` if given,
+    its prompt fields those ``schema`` has, the label first (every column when it has none)."""
+    config = {**profile.text_config, **({"base": text_model} if text_model else {})}
+    if config.get("fields"):
+        fields = [schema.label.name] + [f for f in config["fields"]
+                                        if f in schema and f != schema.label.name]
+        config["fields"] = fields if len(fields) > 1 else None
+    return {"text_config": config, "text_rounds": profile.text_rounds,
+            "text_local_steps": profile.text_local_steps,
+            "narrated_records": profile.narrated_records}
 
 
 def _write_ledgers(sites: list[SiteConfig], folder: Path) -> None:

@@ -15,12 +15,33 @@ class RunProfile:
     local_steps: int          # DP-SGD steps per site per round
     synthetic_records: int    # size of the released synthetic dataset
     tabular_config: dict[str, Any] = field(default_factory=dict)
+    text_rounds: int = 0      # federated rounds of the narrative model's adapters
+    text_local_steps: int = 0  # DP-SGD steps per site per text round
+    narrated_records: int | None = None  # released records that get a narrative (None: all)
+    text_config: dict[str, Any] = field(default_factory=dict)  # NarrativeModel config
 
+
+# What an ED note says about its record; a profile prompts with those its schema has (the label
+# first), not every vital sign: a prompt of every column is ~200 tokens, of these ~60.
+PROMPT_FIELDS = ["mechanism", "intent", "place", "activity", "age", "sex", "body_region",
+                 "injury_type", "gcs", "disposition"]
 
 PROFILES = {
+    # Quick: minutes on 2 CPU cores, so SmolLM2's adapters get 4 DP steps of 8 examples per site
+    # (a step takes ~5-10 s and ~4 GB here) and only the first 100 released records are narrated
+    # (CPU generation runs at ~50-100 tokens/s). That shows the whole pipeline, not good notes:
+    # DP-LoRA learns nothing at batch 8 (docs/narratives.md); the full profile is for a GPU.
     "quick": RunProfile("quick", sites=5, records_per_site=800, rounds=3, local_steps=100,
                         synthetic_records=2000,
-                        tabular_config={"batch_size": 128, "lr": 3e-3, "model": {"hidden": [128, 128]}}),
+                        tabular_config={"batch_size": 128, "lr": 3e-3, "model": {"hidden": [128, 128]}},
+                        text_rounds=2, text_local_steps=2, narrated_records=100,
+                        text_config={"base": "smollm2", "fields": PROMPT_FIELDS,
+                                     "batch_size": 8, "max_target_tokens": 64,
+                                     "sampling": {"max_new_tokens": 64, "batch_size": 25,
+                                                  "retries": 1}}),
+    # Full: a GPU (or patience): every released record is narrated.
     "full": RunProfile("full", sites=5, records_per_site=4000, rounds=10, local_steps=150,
-                       synthetic_records=10000, tabular_config={"batch_size": 256, "lr": 2e-3}),
+                       synthetic_records=10000, tabular_config={"batch_size": 256, "lr": 2e-3},
+                       text_rounds=5, text_local_steps=50,
+                       text_config={"base": "smollm2", "fields": PROMPT_FIELDS, "batch_size": 64}),
 }

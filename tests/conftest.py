@@ -66,3 +66,17 @@ def server_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+
+
+@pytest.fixture
+def sites(tmp_path):
+    """Three simulated hospitals (150 records each) as SiteConfigs by node id, and the schema."""
+    from client.site_config import SiteConfig
+    from simulation.hospitals import write_sim_data
+
+    paths = write_sim_data(tmp_path / "data", 3, 150, seed=2)
+    schema_path = tmp_path / "data" / "schema.yaml"
+    configs = {i + 1: SiteConfig(name=p.stem, data_path=p, schema_path=schema_path,
+                                 state_dir=tmp_path / "state" / p.stem, epsilon_tabular=4.0)
+               for i, p in enumerate(q for q in paths if q.suffix == ".csv")}
+    return schema_path, configs

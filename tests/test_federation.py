@@ -23,21 +23,10 @@ from server.federation import FederationSettings, run_federation
 from server.handshake import QuorumError
 from server.settings import settings_from_run_config
 from simulation.baselines import centralized_synthetic, pooled_split
-from simulation.hospitals import write_sim_data
 from simulation.profiles import RunProfile
 from tests.flower_helpers import InProcessGrid
 
 TINY = {"batch_size": 32, "model": {"hidden": [32, 32], "latent_dim": 8}}
-
-
-@pytest.fixture
-def sites(tmp_path):
-    paths = write_sim_data(tmp_path / "data", 3, 150, seed=2)
-    schema_path = tmp_path / "data" / "schema.yaml"
-    configs = {i + 1: SiteConfig(name=p.stem, data_path=p, schema_path=schema_path,
-                                 state_dir=tmp_path / "state" / p.stem, epsilon_tabular=4.0)
-               for i, p in enumerate(q for q in paths if q.suffix == ".csv")}
-    return schema_path, configs
 
 
 def _grid(configs, tamper=None) -> InProcessGrid:

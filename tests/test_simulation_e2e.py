@@ -28,7 +28,12 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # `make test` instal
 TINY = RunProfile("quick", sites=3, records_per_site=300, rounds=3, local_steps=100,
                   synthetic_records=600,
                   tabular_config={"batch_size": 64, "lr": 3e-3,
-                                  "model": {"hidden": [64, 64], "latent_dim": 8}})
+                                  "model": {"hidden": [64, 64], "latent_dim": 8}},
+                  text_rounds=2, text_local_steps=2, narrated_records=60,
+                  text_config={"base": "tiny", "batch_size": 32, "max_target_tokens": 32,
+                               "sampling": {"max_new_tokens": 24, "batch_size": 30, "retries": 1}})
+TEXT_KEYS = {"consistency_accuracy", "real_consistency_accuracy", "mauve", "distinct_2",
+             "real_distinct_2", "canary_exposure_bits", "train_8gram_share"}
 
 
 def _categorical_gap(synthetic: pd.DataFrame, real: pd.DataFrame, schema: Schema) -> float:
@@ -53,7 +58,7 @@ def run(tmp_path_factory):
         kept.append(simulated)
 
     report = run_pipeline(files, root / "data" / "schema.yaml", root / "out", TINY,
-                          epsilon_tabular=8.0, seed=4, inspect=keep)
+                          epsilon_tabular=8.0, seed=4, inspect=keep, epsilon_text=5.0)
     return root, files, report, kept[0]
 
 
@@ -81,6 +86,34 @@ def test_outputs_and_report(run) -> None:
         assert spent["epsilon_tabular_local_only"] == local[-1]["epsilon_after"]
         assert spent["epsilon_total"] == pytest.approx(
             epsilon_from_ledger([LedgerEntry(**e) for e in ledger], ledger[0]["delta"]))
+
+
+def test_narratives_their_adapter_budget_and_text_metrics(run) -> None:
+    """The narrative stage ran federated (train.lora at every site, in its ledger, within its text
+    budget), its adapter is in model/ (peft format), the first narrated_records released records
+    have narratives, and every site scored them: text metrics, canary exposure at the site whose
+    narratives carried the canaries (the first), null elsewhere."""
+    root, files, report, simulated = run
+    out = root / "out"
+    assert (out / "model" / "adapter" / "adapter_config.json").exists()
+    assert (out / "model" / "narrative.json").exists()
+    narratives = simulated.synthetic["narrative"]
+    assert narratives.iloc[:TINY.narrated_records].notna().all()
+    assert narratives.iloc[TINY.narrated_records:].isna().all()
+    canary_site = sorted(files)[0]
+    for site in files:
+        ledger = json.loads((out / "privacy" / f"{site}.json").read_text())
+        text = [e for e in ledger if e["model"] == "text-lora"]
+        assert [e["round"] for e in text] == [1, 2]
+        spent = report["privacy"]["per_site"][site]
+        assert spent["epsilon_text"] == text[-1]["epsilon_after"] and 0 < spent["epsilon_text"] <= 5.0
+        metrics = report["sites"][site]["text"]
+        assert set(metrics) == TEXT_KEYS
+        assert 0 <= metrics["consistency_accuracy"] <= 1 and 0 < metrics["real_consistency_accuracy"] <= 1
+        assert (metrics["canary_exposure_bits"] is not None) == (site == canary_site)
+    assert 0 <= report["sites"][canary_site]["text"]["canary_exposure_bits"] <= 6.0
+    # the local-only and centralized baselines are tabular: no narratives, no text figures
+    assert all(m["text"] is None for m in report["baselines"]["local_only"].values())
 
 
 def test_federated_model_learned(run) -> None:
@@ -152,11 +185,17 @@ def test_report_compares_federated_local_only_and_centralized_at_every_site(run)
     assert len(lines) == 5 and lines[1].startswith("federated") and lines[3].startswith("centralized")
     federated = {p["epsilon_tabular"] for p in report["privacy"]["per_site"].values()}
     assert f"federated model {min(federated):.2f}" in lines[4]
+    assert f"narrative model {min(p['epsilon_text'] for p in report['privacy']['per_site'].values()):.2f}" \
+        in lines[4]
+    text = report["summary"]["federated"]["text"]
+    assert lines[1].endswith(f"{text['consistency_accuracy']:.3f}/{text['real_consistency_accuracy']:.3f}")
+    assert lines[2].endswith(" -")  # the local-only baseline writes no narratives
 
 
 def test_no_real_narrative_is_published(run) -> None:
     root, files, _, _ = run
-    published = "".join((root / "out" / name).read_text() for name in ("report.json", "report.html"))
+    published = "".join((root / "out" / name).read_text()
+                        for name in ("report.json", "report.html", "synthetic.csv"))
     schema = Schema.load(root / "data" / "schema.yaml")
     notes = pd.concat([load_site_data(p, schema) for p in files.values()])["narrative"].dropna()
     long_notes = [n for n in notes if len(n) >= 30]

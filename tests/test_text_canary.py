@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from common.text.canary import Canary, exposure, log_perplexities, ngram_overlap, plant, random_secret
+from common.metrics.text import ngram_overlap
+from common.text.canary import Canary, exposure, log_perplexities, plant, random_secret
 from common.text.narrative_model import NarrativeModel
 from simulation.ed_schema import ed_trauma_schema
 from simulation.hospitals import simulate_site

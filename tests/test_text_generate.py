@@ -126,3 +126,10 @@ def test_config_errors_are_input_errors() -> None:
         NarrativeModel(SCHEMA, config={"base": "gpt-4"})
     with pytest.raises(InputError, match="config.json"):
         NarrativeModel(SCHEMA, config={"base": "local:/nonexistent/medgemma"})
+
+
+def test_narratives_are_one_printable_line() -> None:
+    """The tiny model samples arbitrary bytes: NUL or CR in a released CSV broke pandas' reader."""
+    from common.text.generate import one_line
+
+    assert one_line(" 45YOM\x00FELL\r\nDX\u200b HIP  FX\t") == "45YOM FELL DX HIP FX"

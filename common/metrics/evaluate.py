@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from common.metrics.bins import MIN_CELL, plot_data
 from common.metrics.features import label_array
 from common.metrics.fidelity import fidelity_metrics
 from common.metrics.privacy import privacy_metrics
+from common.metrics.text import text_metrics
 from common.metrics.utility import utility_metrics
 from common.schema import Schema
 
@@ -53,8 +54,9 @@ def evaluate_site(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic:
     Fidelity and plots compare it with the test split, utility trains on train (and on synthetic
     records) and tests on test, privacy compares train members with holdout non-members. The
     synthetic rows are shuffled (seeded) first, so that TSTR's first ``n_train`` records and the
-    augmentation pool are random draws even from a file sorted by class. Text metrics come with
-    the narrative stage: ``text`` is None.
+    augmentation pool are random draws even from a file sorted by class. Text metrics
+    (``text.text_metrics``) score the synthetic narratives against the site's train and test
+    narratives; ``text`` is None when the synthetic set or a split has too few narratives.
     """
     check_sizes(splits, synthetic)
     train, holdout, test = (splits[name] for name in SPLITS)
@@ -69,7 +71,7 @@ def evaluate_site(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic:
                "fidelity": fidelity_metrics(test, synthetic, schema, seed),
                "utility": utility,
                "privacy": privacy_metrics(train, holdout, synthetic, schema, seed),
-               "text": None}
+               "text": text_metrics(schema, train, test, synthetic, seed)}
     return SiteEvaluation(jsonable(metrics), jsonable(plot_data(test, synthetic, schema)))
 
 
@@ -102,11 +104,13 @@ def evaluate_files(schema_path: str | Path, real_path: str | Path, synthetic_pat
 
 def load_synthetic(path: str | Path, schema: Schema) -> pd.DataFrame:
     """A synthetic file as a typed frame. It holds the released columns only (the modeled ones and,
-    when narratives were written, the narrative), so it is checked against those; identifiers and
-    the site column are not expected."""
+    when narratives were written, the narrative, which may be empty for records not narrated), so
+    it is checked against those; identifiers and the site column are not expected."""
     raw = read_raw(path)
-    released = [c for c in schema.columns
-                if c.modeled or (c.role == "narrative" and c.name in raw.columns)]
+    released = [c for c in schema.columns if c.modeled]
+    if schema.narrative is not None and schema.narrative.name in raw.columns:
+        # A quick run narrates some of its records: an empty narrative is not an error here.
+        released.append(replace(schema.narrative, nullable=True))
     result = validate_frame(raw, Schema(name=schema.name, columns=tuple(released),
                                         version=schema.version, source=schema.source), str(path))
     if not result.ok:  # the generic fix (quarantine the rows) is for training data, not here

@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.utils.logging import disable_progress_bar
 
 from common.errors import InputError
 from common.schema import Schema
@@ -74,6 +75,7 @@ def load_base_model(spec: str, *, schema: Schema | None = None,
 
     ``schema`` adds its column names, categories and synonyms to the tiny tokenizer's corpus.
     """
+    disable_progress_bar()  # one bar per site process and round clutters a run's log
     if spec == "tiny":
         tokenizer = _tiny_tokenizer(schema)
         model = _tiny_model(len(tokenizer), tokenizer, dtype)

@@ -6,12 +6,12 @@ narrative with random candidate secrets; exposure = log2(candidates + 1) - log2(
 A model that never saw the canary ranks it uniformly (expected exposure 1/ln 2 = 1.44 bits); a
 model that memorised it ranks it first (log2(candidates + 1) bits, the most this estimate shows).
 
-The n-gram scan runs at the site, on its own training narratives, and only counts leave it.
+The n-gram scan (``common.metrics.text.ngram_overlap``) runs at the site, with the evaluation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,20 +85,3 @@ def exposure(score: Callable[[list[Canary]], np.ndarray], canary: Canary, n_cand
     scores = score([canary, *candidates])
     rank = 1 + np.sum(scores[1:] < scores[0]) + 0.5 * np.sum(scores[1:] == scores[0])
     return float(np.log2(n_candidates + 1) - np.log2(rank))
-
-
-def ngram_overlap(generated: Iterable[str], training: Iterable[str], n: int = 8) -> dict[str, int]:
-    """Counts only: generated narratives, those sharing a word ``n``-gram (case-insensitive) with
-    a training narrative, and the distinct shared n-grams."""
-    seen = {gram for text in training for gram in _ngrams(text, n)}
-    total, hits, shared = 0, 0, set()
-    for text in generated:
-        found = _ngrams(text, n) & seen
-        total, hits = total + 1, hits + bool(found)
-        shared |= found
-    return {"generated": total, "with_overlap": hits, "shared_ngrams": len(shared)}
-
-
-def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = text.upper().split()
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}

@@ -7,6 +7,8 @@ is silently replaced by a template.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,8 +60,17 @@ def generate_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         for row in out[:, tokens.shape[1]:].tolist():
             ended = row.index(stop) if stop in row else len(row)
             n_tokens += ended
-            texts.append(tokenizer.decode(row[:ended], skip_special_tokens=True).strip())
+            texts.append(one_line(tokenizer.decode(row[:ended], skip_special_tokens=True)))
     return texts, n_tokens
+
+
+def one_line(text: str) -> str:
+    """A narrative as one line of printable text: control and format characters (NUL, CR, line
+    breaks, zero-width marks a sampled token may carry) become spaces, runs of spaces one. A
+    released CSV must read back in any tool."""
+    printable = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c
+                        for c in text)
+    return re.sub(r"\s+", " ", printable).strip()
 
 
 def gate(records: Sequence[Mapping[str, Any]], write: Callable[[list[int]], list[str]],

@@ -59,6 +59,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "sampling": asdict(SamplingSettings()),
 }
 FLAG_COLUMN = "narrative_flagged"
+LEDGER_NAME = "text-lora"  # the narrative model's spends in a site's ledger
 FILES = {"adapter": "adapter", "meta": "narrative.json", "schema": "schema.yaml"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -73,7 +74,7 @@ class NarrativeModel(PlannedBudget):
 
     def __init__(self, schema: Schema, epsilon: float | None = 3.0, delta: float | None = None,
                  config: Mapping[str, Any] | None = None, device: str = "auto",
-                 ledger: str | Path | Ledger | None = None, name: str = "text-lora",
+                 ledger: str | Path | Ledger | None = None, name: str = LEDGER_NAME,
                  seed: int = 0) -> None:
         if schema.narrative is None:
             raise InputError(f"{schema.source}: the schema has no column with role narrative; "
@@ -195,7 +196,9 @@ class NarrativeModel(PlannedBudget):
             result = gate(rows, write, self.checker, self.sampling.retries)
         seconds = time.perf_counter() - start
         self.last_sample_stats = {"records": len(rows), "tokens": generated[0], "seconds": seconds,
-                                  "attempts": sum(result.attempts), "flagged": sum(result.flagged)}
+                                  "attempts": sum(result.attempts), "flagged": sum(result.flagged),
+                                  "first_pass": sum(a == 1 and not f for a, f in
+                                                    zip(result.attempts, result.flagged, strict=True))}
         out = records.copy()
         out[self.schema.narrative.name] = pd.array(result.texts, dtype="string")
         out[FLAG_COLUMN] = result.flagged
