@@ -65,3 +65,27 @@ def test_schema_infer_needs_a_known_label(good_csv: Path) -> None:
 def test_bad_flag_value_is_a_usage_error(tmp_path: Path) -> None:
     res = fedsynth("sim-data", "--sites", "0", "--records-per-site", "10", "--out", str(tmp_path))
     assert res.returncode == 2 and "at least 1" in res.stderr
+
+
+def test_text_flags_reach_the_pipeline(monkeypatch, tmp_path: Path) -> None:
+    """simulate's --no-text, --epsilon-text and --text-model (and demo's --no-text) are handed to
+    the pipeline as given; a non-positive text budget is a usage error."""
+    from fedsynth import cli
+
+    calls: list[dict] = []
+    report = {"run": {"profile": "quick", "generator": "vae", "sites": [], "rounds": 1,
+                      "duration_s": 1.0}}
+    monkeypatch.setattr("simulation.pipeline.run_pipeline",
+                        lambda *args, **kwargs: calls.append(kwargs) or report)
+    monkeypatch.setattr("simulation.inputs.site_files_from", lambda *args: {})
+    monkeypatch.setattr("simulation.demo.run_demo", lambda **kwargs: calls.append(kwargs) or report)
+    monkeypatch.setattr(cli, "_print_run", lambda *args: None)
+    base = ["simulate", "--data", str(tmp_path), "--schema", "s.yaml"]
+    assert cli.main([*base, "--epsilon-text", "1.5", "--text-model", "local:/models/medgemma"]) == 0
+    assert cli.main([*base, "--no-text"]) == 0
+    assert cli.main(["demo", "--no-text", "--out", str(tmp_path / "d")]) == 0
+    assert (calls[0]["text"], calls[0]["epsilon_text"], calls[0]["text_model"]) == \
+        (True, 1.5, "local:/models/medgemma")
+    assert calls[1]["text"] is False and calls[2]["text"] is False
+    res = fedsynth(*base, "--epsilon-text", "0")
+    assert res.returncode == 2 and "must be above 0" in res.stderr
