@@ -63,23 +63,29 @@ def test_run_trains_aggregates_and_keeps_every_site_in_budget(tmp_path, sites, s
         assert result.state.site_epsilon[config.name] == pytest.approx(spent)
 
 
-def test_resume_repeats_no_round_and_spends_nothing_twice(tmp_path, sites, server_identity) -> None:
-    schema_path, configs = sites
+def crash_once(configs, message_type: str, group: str):
+    """A grid whose coordinator 'crashes' on the first reply to ``message_type`` in ``group``
+    (after that site trained it), and works normally once ``disarm()`` is called."""
     crash = {"armed": True}
 
-    def crash_in_round_3(node, reply):
-        if crash["armed"] and reply.metadata.message_type == "train.vae" and \
-                reply.metadata.group_id == "3":
+    def tamper(node, reply):
+        if crash["armed"] and reply.metadata.message_type == message_type and \
+                reply.metadata.group_id == group:
             raise RuntimeError("coordinator crashed")
         return reply
 
-    grid = _grid(configs, tamper=crash_in_round_3)
+    grid = _grid(configs, tamper=tamper)
+    return grid, lambda: crash.update(armed=False) or grid.sent.clear()
+
+
+def test_resume_repeats_no_round_and_spends_nothing_twice(tmp_path, sites, server_identity) -> None:
+    schema_path, configs = sites
+    grid, disarm = crash_once(configs, "train.vae", "3")
     with pytest.raises(RuntimeError, match="crashed"):
         run_federation(grid, _settings(tmp_path, schema_path))
     state = json.loads((tmp_path / "run" / "checkpoint" / "checkpoint.json").read_text())
     assert state["rounds_done"] == 2
-    crash["armed"] = False
-    grid.sent.clear()
+    disarm()
     result = run_federation(grid, _settings(tmp_path, schema_path, resume=True))
     assert result.state.rounds_done == 3
     trained_rounds = {s.split(":")[1] for s in grid.sent if s.startswith("train.")}

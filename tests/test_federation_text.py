@@ -18,7 +18,7 @@ from common.synthesis import synthesize
 from common.text.base_models import load_base_model
 from common.text.narrative_model import FLAG_COLUMN, NarrativeModel
 from server.federation import run_federation
-from tests.test_federation import _grid, _ledger, _settings
+from tests.test_federation import _grid, _ledger, _settings, crash_once
 
 torch.set_num_threads(1)
 TEXT = {"base": "tiny", "fields": ["mechanism", "age", "sex", "body_region"], "batch_size": 16,
@@ -89,19 +89,10 @@ def _schema(schema_path):
 
 def test_text_rounds_resume_without_spending_twice(tmp_path, sites, server_identity) -> None:
     schema_path, configs = sites
-    crash = {"armed": True}
-
-    def crash_in_text_round_2(node, reply):
-        if crash["armed"] and reply.metadata.message_type == "train.lora" and \
-                reply.metadata.group_id == "lora-2":
-            raise RuntimeError("coordinator crashed")
-        return reply
-
-    grid = _grid(configs, tamper=crash_in_text_round_2)
+    grid, disarm = crash_once(configs, "train.lora", "lora-2")
     with pytest.raises(RuntimeError, match="crashed"):
         run_federation(grid, _text_settings(tmp_path, schema_path))
-    crash["armed"] = False
-    grid.sent.clear()
+    disarm()
     result = run_federation(grid, _text_settings(tmp_path, schema_path, resume=True))
     assert result.state.text_rounds_done == 2
     assert {s.split(":")[1] for s in grid.sent if s.startswith("train.")} == {"lora-2"}
