@@ -3,7 +3,7 @@ model): a plan before any release, a budget rebuilt from the ledger, the spend s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -11,6 +11,7 @@ from common.errors import InputError
 from common.privacy.accountant import PrivacyAccountant
 from common.privacy.budget import PrivacyBudget
 from common.privacy.ledger import Ledger, LedgerEntry
+from common.tabular.trainer import TrainSettings
 
 
 class PlannedBudget:
@@ -26,6 +27,9 @@ class PlannedBudget:
     _saved_accountant: PrivacyAccountant | None
     _trainer: Any  # the facade's trainer (state_dict/load_state_dict), None before training
     _pending_trainer_state: dict[str, Any] | None
+    config: dict[str, Any]
+    device: Any
+    seed: int
 
     @property
     def private(self) -> bool:
@@ -41,6 +45,20 @@ class PlannedBudget:
             self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
             if self._saved_accountant is not None:
                 self.budget.check_restored(self._saved_accountant.history)
+
+    def _build_trainer(self, make: Callable[..., Any]) -> Any:
+        """``make(settings=..., noise_multiplier=..., budget=..., device=..., seed=...)`` with the
+        facade's config and plan (seeded DP noise only from ``dp_seed``, batches from ``seed``
+        without DP), then the trainer state of a restored checkpoint, if any."""
+        settings = TrainSettings(batch_size=self.config["batch_size"], lr=self.config["lr"],
+                                 max_grad_norm=self.config["max_grad_norm"])
+        trainer = make(settings=settings, noise_multiplier=self._plan["noise_multiplier"],
+                       budget=self.budget, device=str(self.device),
+                       seed=self.config["dp_seed"] if self.private else self.seed)
+        if self._pending_trainer_state is not None:
+            trainer.load_state_dict(self._pending_trainer_state)
+            self._pending_trainer_state = None
+        return trainer
 
     def _privacy_state(self) -> dict[str, Any]:
         """The budget's part of a facade's ``state_dict``: target, plan, optimizer/RNG state,

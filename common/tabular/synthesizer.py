@@ -34,7 +34,7 @@ from common.saved_model import read_model_folder
 from common.schema import Schema
 from common.tabular.base import TabularModel
 from common.tabular.label_stats import label_tables, sensitivity
-from common.tabular.trainer import Proximal, Trainer, TrainSettings, resolve_device, sample_rate
+from common.tabular.trainer import Proximal, Trainer, resolve_device, sample_rate
 from fedsynth import __version__
 
 MODEL_CLASSES: dict[str, str] = {"vae": "common.tabular.vae:TabularVAE",
@@ -201,15 +201,7 @@ class TabularSynthesizer(PlannedBudget):
         return self.epsilon_spent()
 
     def _new_trainer(self, x: np.ndarray, y: np.ndarray) -> Trainer:
-        settings = TrainSettings(batch_size=self.config["batch_size"], lr=self.config["lr"],
-                                 max_grad_norm=self.config["max_grad_norm"])
-        trainer = Trainer(self.model, x, y, settings, noise_multiplier=self._plan["noise_multiplier"],
-                          budget=self.budget, device=str(self.device),
-                          seed=self.config["dp_seed"] if self.private else self.seed)
-        if self._pending_trainer_state is not None:
-            trainer.load_state_dict(self._pending_trainer_state)
-            self._pending_trainer_state = None
-        return trainer
+        return self._build_trainer(lambda **kw: Trainer(self.model, x, y, **kw))
 
     # --- federated weights ----------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:

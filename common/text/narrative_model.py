@@ -33,7 +33,7 @@ from common.privacy.ledger import Ledger
 from common.privacy.planned import PlannedBudget
 from common.saved_model import read_model_folder
 from common.schema import Schema
-from common.tabular.trainer import TrainSettings, resolve_device, sample_rate
+from common.tabular.trainer import resolve_device, sample_rate
 from common.text.base_models import load_base_model
 from common.text.canary import Canary, exposure, log_perplexities
 from common.text.consistency import ConsistencyChecker
@@ -154,16 +154,8 @@ class NarrativeModel(PlannedBudget):
     def _new_trainer(self, records: pd.DataFrame) -> LoraTrainer:
         pairs = encode_pairs(self.tokenizer, self.prompts(records), _narratives(records, self.schema),
                              self.config["max_target_tokens"])
-        settings = TrainSettings(batch_size=self.config["batch_size"], lr=self.config["lr"],
-                                 max_grad_norm=self.config["max_grad_norm"])
-        trainer = LoraTrainer(self.model, pairs, self.tokenizer.pad_token_id, settings,
-                              noise_multiplier=self._plan["noise_multiplier"], budget=self.budget,
-                              device=str(self.device),
-                              seed=self.config["dp_seed"] if self.private else self.seed)
-        if self._pending_trainer_state is not None:
-            trainer.load_state_dict(self._pending_trainer_state)
-            self._pending_trainer_state = None
-        return trainer
+        return self._build_trainer(lambda **kw: LoraTrainer(self.model, pairs,
+                                                            self.tokenizer.pad_token_id, **kw))
 
     # --- federated weights ----------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
