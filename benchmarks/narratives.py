@@ -105,8 +105,8 @@ def main() -> None:
     del base
     for name, epsilon in ((f"DP-LoRA, epsilon {args.epsilon:g}", args.epsilon),
                           ("LoRA without DP", None)):
-        model = NarrativeModel(SCHEMA, epsilon=epsilon, config={**config, "dp_seed": args.seed},
-                               device="cpu", seed=args.seed)
+        model = NarrativeModel(SCHEMA, epsilon=epsilon, config=config, device="cpu",
+                               seed=args.seed, noise_seed=args.seed)
         speed = train(model, train_set, args.steps)
         rows.append(generate(name, model, held_out, classifier, args.seed, speed))
         del model

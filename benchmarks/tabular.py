@@ -164,10 +164,10 @@ def candidates(schema: Schema, steps: int, tvae_epochs: int,
 
 def _synthesizer(schema: Schema, kind: str, epsilon: float | None, steps: int,
                  seed: int) -> Callable[[], TabularSynthesizer]:
-    # dp_seed makes the benchmark repeatable; released models keep OS entropy (the default).
-    config = {**MODEL_CONFIG[kind], "steps": steps, "dp_seed": seed}
+    # noise_seed makes the benchmark repeatable; released models keep OS entropy (the default).
+    config = {**MODEL_CONFIG[kind], "steps": steps}
     return lambda: TabularSynthesizer(schema, kind=kind, epsilon=epsilon, config=config,
-                                      device="cpu", seed=seed)
+                                      device="cpu", seed=seed, noise_seed=seed)
 
 
 def evaluate(candidate: Candidate, train: pd.DataFrame, test: pd.DataFrame, schema: Schema,

@@ -1,4 +1,4 @@
-"""The first exchange of every run: does this site hold the same schema and fedsynth version?
+"""The first question of every run: does this site hold the same schema and fedsynth release?
 
 Only public facts cross the wire here (a schema hash, a version string, a yes/no and a reason):
 nothing derived from the site's records.

@@ -1,8 +1,5 @@
 """fedsynth: federated, differentially private synthetic emergency-department trauma records."""
 
-from importlib.metadata import PackageNotFoundError, version
+from common.version import __version__
 
-try:
-    __version__ = version("fedsynth")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.1.0"
+__all__ = ["__version__"]

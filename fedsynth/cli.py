@@ -172,6 +172,13 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger_show(args: argparse.Namespace) -> int:
+    from common.privacy.account import describe
+
+    print("\n".join(describe(Path(args.state_dir))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedsynth",
@@ -246,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="the JSON file to write (METRICS and plot data)")
     ev.add_argument("--seed", type=_seed, default=0, help="split and metric seed (0)")
     ev.set_defaults(func=cmd_evaluate)
+
+    ledger = sub.add_parser("ledger", help="a site's lifetime privacy ledger")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    show = ledger_sub.add_parser("show", help="every release from the site's data: when, run, model, "
+                                              "epsilon; refusals; the total and what is left")
+    show.add_argument("--state-dir", required=True, help="the SuperNode's state-dir (node config)")
+    show.set_defaults(func=cmd_ledger_show)
 
     certs = sub.add_parser("certs", help="CA, SuperLink certificate and one key pair per site")
     certs.add_argument("--out", required=True)

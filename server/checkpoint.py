@@ -1,7 +1,9 @@
-"""The run's state after every round, so a restarted coordinator continues without repeating one.
+"""The run's state after every stage step, so a restarted coordinator continues without repeating
+one: each stage's coordinator state (its arrays in ``STAGE.npz``, written before the state file
+that counts its steps), the sites' FedAvg weights, and the evaluations received so far.
 
-One state file for the run, one weights file per part (the tabular generator, the narrative
-adapters), each written before the state that counts its rounds.
+Sites are recorded by name (unique in a run: the handshake refuses clashes), so a site whose
+SuperNode came back with a new node id is still recognised.
 """
 
 from __future__ import annotations
@@ -9,45 +11,47 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.fileio import atomic_write_text
 
 STATE = "checkpoint.json"
-WEIGHTS = {"tabular": "checkpoint-weights.npz", "text": "checkpoint-text-weights.npz"}
 
 
 @dataclass
 class RunState:
-    rounds_done: int = 0
-    label_counts: dict[str, list[float]] = field(default_factory=dict)  # DP, per site name
-    site_epsilon: dict[str, float] = field(default_factory=dict)
-    label_tables: dict[str, list[float]] = field(default_factory=dict)  # DP, per site name
-    dropped: list[str] = field(default_factory=list)  # "round r: site: reason"
-    round_seconds: list[float] = field(default_factory=list)  # wall time of each round, retries included
-    text_rounds_done: int = 0
-    text_epsilon: dict[str, float] = field(default_factory=dict)  # each site's narrative spend
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage name -> its values
+    weights: dict[str, float] = field(default_factory=dict)  # site -> DP record count (FedAvg weight)
+    dropped: list[str] = field(default_factory=list)  # "STAGE step S: site: reason"
+    step_seconds: dict[str, list[float]] = field(default_factory=dict)  # stage -> each step's wall time
+    release_sha256: str = ""  # the release announced to the sites
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> its figures
+
+    def steps_done(self, stage: str) -> int:
+        return int(self.stages.get(stage, {}).get("step", 0))
 
 
-def save_checkpoint(folder: Path, state: RunState, weights: list[np.ndarray],
-                    part: str = "tabular") -> None:
-    """Weights first, then the state that points at them: a crash in between repeats no round."""
+def save_checkpoint(folder: Path, state: RunState, stage: str | None = None,
+                    arrays: dict[str, np.ndarray] | None = None) -> None:
+    """``stage``'s arrays first, then the state that points at them: a crash in between repeats
+    no step."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{WEIGHTS[part]}.tmp.npz"
-    np.savez(tmp, *weights)
-    tmp.replace(folder / WEIGHTS[part])
+    if stage is not None:
+        tmp = folder / f".{stage}.tmp.npz"
+        np.savez(tmp, **(arrays or {}))
+        tmp.replace(folder / f"{stage}.npz")
     atomic_write_text(folder / STATE, json.dumps(asdict(state), indent=2, sort_keys=True) + "\n")
 
 
-def load_checkpoint(folder: Path) -> tuple[RunState, list[np.ndarray]] | None:
-    """The run's state and the tabular weights, or None before the first checkpoint."""
+def load_checkpoint(folder: Path) -> RunState | None:
+    """The run's state, or None before the first checkpoint."""
     if not (folder / STATE).exists():
         return None
-    return RunState(**json.loads((folder / STATE).read_text(encoding="utf-8"))), \
-        load_weights(folder, "tabular")
+    return RunState(**json.loads((folder / STATE).read_text(encoding="utf-8")))
 
 
-def load_weights(folder: Path, part: str) -> list[np.ndarray]:
-    saved = np.load(folder / WEIGHTS[part])
-    return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+def load_arrays(folder: Path, stage: str) -> dict[str, np.ndarray]:
+    with np.load(folder / f"{stage}.npz") as saved:
+        return {name: saved[name] for name in saved.files}

@@ -18,6 +18,7 @@ import pandas as pd
 
 from common.fileio import atomic_write_text
 from common.metrics.evaluate import summarize
+from common.run_plan import RunPlan
 from server.report_html import render_report_html
 
 VARIANTS = ("federated", "local_only", "centralized")
@@ -25,36 +26,47 @@ SAMPLE_ROWS = 20  # synthetic records shown in report.html
 
 
 def build_report(run: Mapping[str, Any], privacy: Mapping[str, Any],
-                 evaluations: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """``evaluations``: per site, per variant (``VARIANTS``), the site's evaluation (METRICS plus
-    ``plots``); a variant a site did not score is absent. Centralized is null outside simulation."""
-    per_variant = {variant: {site: _metrics(result[variant])
-                             for site, result in sorted(evaluations.items()) if result.get(variant)}
-                   for variant in VARIANTS}
-    centralized = per_variant["centralized"] or None
-    return {
-        "run": dict(run),
-        "privacy": dict(privacy),
-        "sites": per_variant["federated"],
-        "baselines": {"local_only": per_variant["local_only"], "centralized": centralized},
-        "summary": {variant: summarize(per_variant[variant]) if per_variant[variant] else None
-                    for variant in VARIANTS},
-        "plots": {site: result["federated"]["plots"] for site, result in sorted(evaluations.items())
-                  if result.get("federated")},
-    }
+                 evaluations: Mapping[str, Mapping[str, Any]],
+                 release: Mapping[str, Any]) -> dict[str, Any]:
+    """``evaluations``: per site, its reply (``scores`` per variant, METRICS plus ``plots``; a
+    variant a site did not score is absent). Centralized is null until a simulation adds it
+    (``add_variant``); ``release`` is what the sites scored (its SHA-256 and size)."""
+    scores = {site: e["scores"] for site, e in sorted(evaluations.items())}
+    report: dict[str, Any] = {"run": dict(run), "privacy": dict(privacy), "release": dict(release),
+                              "sites": {}, "baselines": {}, "summary": {}, "plots": {}}
+    for variant in VARIANTS:
+        add_variant(report, variant, {site: s[variant] for site, s in scores.items() if s.get(variant)})
+    return report
 
 
-def privacy_section(spends: Mapping[str, Mapping[str, Any]], model: str,
-                    text_model: str | None = None) -> dict[str, Any]:
-    """CONTRACT's ``privacy`` from each site's reported spend (``SiteTask.spends``): the federated
-    ``model``'s epsilon, the local-only baseline's, the narrative model's (``text_model``; null
-    in a run without narratives), and the site's total over every release."""
-    per_site = {site: {"epsilon_tabular": spend["epsilon"].get(model, 0.0),
-                       "epsilon_tabular_local_only": spend["epsilon"].get(f"{model}-local"),
-                       "epsilon_text": spend["epsilon"].get(text_model, 0.0) if text_model else None,
-                       "epsilon_total": spend["epsilon_total"]}
-                for site, spend in sorted(spends.items())}
-    deltas = [spend["delta"] for spend in spends.values() if spend["delta"] is not None]
+def add_variant(report: dict[str, Any], variant: str, per_site: Mapping[str, Mapping[str, Any]]) -> None:
+    """Put one variant's per-site evaluations (METRICS plus ``plots``) and their summary in
+    ``report``: the federated release under ``sites`` (its plots under ``plots``), a baseline
+    under ``baselines`` (null when no site scored it, as centralized is outside simulation)."""
+    metrics = {site: _metrics(result) for site, result in sorted(per_site.items())}
+    if variant == "federated":
+        report["sites"] = metrics
+        report["plots"] = {site: result["plots"] for site, result in sorted(per_site.items())}
+    else:
+        report["baselines"][variant] = metrics or None
+    report["summary"][variant] = summarize(metrics) if metrics else None
+
+
+def privacy_section(spends: Mapping[str, Mapping[str, Any]], plan: RunPlan) -> dict[str, Any]:
+    """CONTRACT's ``privacy`` from each site's reported spend (``SiteRun.spends``): the epsilon
+    of the run's tabular model, of its local-only twin, of the narrative model (null in a run
+    without narratives), of the whole run composed, the site's lifetime spend and its cap."""
+    names = {spec.family: spec.ledger_name for spec in plan.models.values()}
+    per_site = {}
+    for site, spend in sorted(spends.items()):
+        epsilon = spend["epsilon"]
+        per_site[site] = {
+            "epsilon_tabular": epsilon.get(names["tabular"], 0.0),
+            "epsilon_tabular_local_only": epsilon.get(f"{names['tabular']}-local"),
+            "epsilon_text": epsilon.get(names["text"], 0.0) if "text" in names else None,
+            "epsilon_total": spend["epsilon_run"], "epsilon_lifetime": spend["epsilon_lifetime"],
+            "epsilon_cap": spend["epsilon_cap"]}
+    deltas = [spend["delta"] for spend in spends.values()]
     return {"delta": max(deltas, default=None), "per_site": per_site}
 
 
@@ -93,9 +105,10 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     federated = [p["epsilon_tabular"] for p in per_site]
     text = [p["epsilon_text"] for p in per_site if p.get("epsilon_text") is not None]
     total = [p["epsilon_total"] for p in per_site]
+    lifetime = [p["epsilon_lifetime"] for p in per_site]
     lines.append(f"sites {len(report['sites'])}; epsilon per site: federated model "
                  f"{_span(federated)}" + (f", narrative model {_span(text)}" if text else "")
-                 + f", all releases incl. the local-only baseline {_span(total)}; "
+                 + f", the run's releases composed {_span(total)} (lifetime {_span(lifetime)}); "
                  f"delta {report['privacy'].get('delta')}")
     return lines
 

@@ -85,13 +85,17 @@ def _run(run: Mapping[str, Any]) -> str:
 
 def _privacy(privacy: Mapping[str, Any]) -> str:
     per_site = privacy.get("per_site") or {}
-    columns = ("epsilon_tabular", "epsilon_text", "epsilon_total")
+    columns = ("epsilon_tabular", "epsilon_tabular_local_only", "epsilon_text", "epsilon_total",
+               "epsilon_lifetime", "epsilon_cap")
     table = _table(["site", *columns], [(site, *(_fmt(spent.get(c)) for c in columns))
                                         for site, spent in per_site.items()])
     totals = {site: spent.get("epsilon_total", spent.get("epsilon_tabular"))
               for site, spent in per_site.items()}
-    return (f'<p class="note">delta = {_esc(_fmt(privacy.get("delta")))} at every site; epsilon '
-            f"is what each site's ledger records as spent.</p>{table}"
+    return (f'<p class="note">delta = {_esc(_fmt(privacy.get("delta")))} (the largest over the '
+            f"sites; each site sets its own, never from its record count); epsilon is what each "
+            f"site's ledger records: per model, the run's releases composed (total), and every "
+            f"release ever made from the site's data file (lifetime) against the cap the site "
+            f"set.</p>{table}"
             + _hbars(list(totals), {"epsilon spent": list(totals.values())}, fmt="{:.2f}"))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from common.data import load_site_data, read_raw, stratified_split
 from common.fileio import atomic_write_text, write_table
 from common.schema import Schema
 from common.text.canary import Canary, plant, random_secret
+
+if TYPE_CHECKING:
+    from common.text.narrative_model import NarrativeModel
 
 CANARIES, COPIES, CANDIDATES = 3, 2, 63  # exposure tops out at log2(64) = 6 bits
 
@@ -61,3 +65,13 @@ def _plain(value: object) -> object:
     if pd.isna(value):
         return None
     return value.item() if isinstance(value, np.generic) else value
+
+
+def canary_exposure_bits(model: NarrativeModel, spec_path: Path, seed: int) -> tuple[str, float]:
+    """The site whose training narratives carried the canaries of ``spec_path`` and their mean
+    exposure in the global narrative model, in bits."""
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    bits = [model.canary_exposure(c["record"], c["narrative"], Canary(c["secret"]),
+                                  int(spec["candidates"]), seed=seed + i)
+            for i, c in enumerate(spec["canaries"])]
+    return str(spec["site"]), float(np.mean(bits))

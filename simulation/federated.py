@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from client.client_app import make_client_app
-from client.site_config import SiteConfig
 from common.errors import InputError
+from common.site_config import SiteConfig
 from server.federation import FederationSettings
 from server.server_app import make_server_app
 

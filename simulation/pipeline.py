@@ -1,10 +1,11 @@
 """The local multi-site pipeline behind ``fedsynth demo`` and ``fedsynth simulate``.
 
-Sites' private state (ledgers, quarantine files, round updates) lives in a temporary folder like
-a hospital's state directory; the output folder receives only what a coordinator may publish:
-the global model, the synthetic dataset, each site's privacy ledger and the report. The baselines
-the report compares against (each site's local-only model, trained and scored at the site; one
-centralized model on the pooled records, sent to the sites for scoring) are never published.
+Sites' private state (accounts with their ledgers, quarantine files, saved replies) lives in a
+temporary folder like a hospital's state directory; the output folder receives only what a
+coordinator may publish: the global model, the synthetic dataset, each site's privacy ledger and
+the report. The simulation-only pieces are added here, never in the deployed coordinator: the
+centralized baseline (one model on the pooled records, scored by each simulated site) and the
+canaries planted in one site's narratives (their exposure in the global narrative model).
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ from typing import Any
 
 import pandas as pd
 
-from client.site_config import SiteConfig
-from client.task import SiteTask
-from common.data import load_site_data
-from common.fileio import atomic_write_text, staged_dir, write_table
-from common.privacy.ledger import Ledger
+from common.data import load_site_data, read_raw
+from common.fileio import atomic_write_text, staged_dir
+from common.metrics.evaluate import summarize
+from common.privacy.account import SiteAccount
+from common.privacy.accountant import DEFAULT_MAX_RECORDS
 from common.schema import Schema
+from common.site_config import SiteConfig
+from common.stages.release import local_only_synthetic
+from common.stages.site import SiteRun
 from server.federation import FederationSettings
-from simulation.baselines import centralized_synthetic
-from simulation.canaries import plant_canaries
+from server.report import add_variant, write_report
+from simulation.baselines import centralized_synthetic, scored_at_sites
+from simulation.canaries import canary_exposure_bits, plant_canaries
 from simulation.federated import run_simulated_federation
 from simulation.profiles import RunProfile
 
@@ -39,7 +44,7 @@ RUN_NAME = "sim"
 class SimulatedRun:
     """A finished run as a test inspects it, in memory only (nothing here is published): the
     released synthetic set and the baselines' sets, all ``profile.synthetic_records`` long. The
-    sites' private folders (splits, ledgers, local-only models) exist until ``inspect`` returns."""
+    sites' private folders (accounts, ledgers, local-only models) exist until ``inspect`` returns."""
 
     schema: Schema
     sites: list[SiteConfig]
@@ -56,53 +61,61 @@ def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, prof
                  generator: str = "vae", epsilon_tabular: float = 3.0, seed: int = 0,
                  inspect: Inspect | None = None, text: bool = True, epsilon_text: float = 3.0,
                  text_model: str | None = None) -> dict[str, Any]:
-    """Centralized baseline -> federated training (tabular generator, then, with ``text`` and a
-    narrative column, the narrative model's adapters, ``text_model`` overriding the profile's
-    base) -> synthesis -> federated evaluation (each site scores the released set, the
-    centralized one and its own local-only model, which spends its budget a second time, in its
-    ledger) -> outputs in ``out``, written whole or not at all. With narratives, canaries are
-    planted in the first site's training narratives and their exposure is reported.
+    """Federated training (the tabular generator, then, with ``text`` and a narrative column,
+    the narrative model's adapters, ``text_model`` overriding the profile's base) -> synthesis
+    -> federated evaluation (each site scores the released set and its own local-only model,
+    which spends its budget a second time, in its ledger) -> the simulation's additions (the
+    centralized baseline; with narratives, the exposure of canaries planted in the first site's
+    training narratives) -> outputs in ``out``, written whole or not at all.
     """
     schema = Schema.load(schema_path)
     for path in site_files.values():  # bad input stops here with the full report (exit 2)
         load_site_data(path, schema, bad_rows="reject")
     text = text and schema.narrative is not None and profile.text_rounds > 0
     with tempfile.TemporaryDirectory(prefix="fedsynth-sites-") as private, staged_dir(out) as stage:
-        centralized = centralized_synthetic(site_files, schema, profile, generator,
-                                            epsilon_tabular, seed)
-        centralized_path = write_table(centralized, Path(private) / "centralized.parquet")
         settings = replace(simulation_settings(len(site_files), schema_path, stage, profile,
                                                generator, seed),
                            synthetic_records=profile.synthetic_records, local_only=True,
-                           centralized_path=str(centralized_path), profile=profile.name)
+                           profile=profile.name)
+        canaries = None
         if text:
             canaries = plant_canaries(site_files, schema, seed, Path(private) / "canaries")
             site_files = {**site_files, canaries.site: canaries.site_file}
-            settings = replace(settings, **text_settings(profile, schema, text_model),
-                               canary_path=str(canaries.spec))
+            settings = replace(settings, **text_settings(profile, schema, text_model))
         sites = simulated_sites(site_files, schema_path, Path(private) / "sites", epsilon_tabular,
                                 epsilon_text)
         run_simulated_federation(sites, settings)
         shutil.rmtree(stage / "checkpoint")  # the coordinator's resume state, not a release
         _write_ledgers(sites, stage / "privacy")
+        synthetic = pd.read_parquet(stage / "synthetic.parquet")
+        report = json.loads((stage / "report.json").read_text(encoding="utf-8"))
+        centralized = centralized_synthetic(site_files, schema, profile, generator, epsilon_tabular,
+                                            sites[0].site_delta, seed)
+        add_variant(report, "centralized", scored_at_sites(sites, settings.plan, centralized, seed))
+        if canaries is not None:
+            _add_canary_exposure(report, stage / "model", canaries.spec, seed)
+        write_report(stage, report, synthetic)
         if inspect is not None:
-            synthetic = pd.read_parquet(stage / "synthetic.parquet")
             inspect(SimulatedRun(
                 schema, sites, settings, synthetic,
-                local_only={s.name: SiteTask(s, settings.plan).local_only_synthetic(len(synthetic), seed)
+                local_only={s.name: local_only_synthetic(SiteRun(s, settings.plan), len(synthetic), seed)
                             for s in sites},
                 centralized=centralized))
-        report = json.loads((stage / "report.json").read_text(encoding="utf-8"))
     return report
 
 
 def simulated_sites(site_files: dict[str, Path], schema_path: Path, state_root: Path,
                     epsilon_tabular: float, epsilon_text: float = 3.0) -> list[SiteConfig]:
     """One hospital per data file, its private state in ``state_root/NAME`` (like a site's state
-    directory), delta by the site's own rule."""
+    directory). Each allows the local-only baseline, and its lifetime cap covers one run of
+    everything (the shares added up: an upper bound on their composition). Delta follows from a
+    public bound shared by all: the next power of ten above the largest file, at least 10,000."""
+    largest = max(len(read_raw(path)) for path in site_files.values())
+    bound = max(DEFAULT_MAX_RECORDS, 10 ** math.ceil(math.log10(max(largest, 1))))
     return [SiteConfig(name=name, data_path=path, schema_path=schema_path,
                        state_dir=state_root / name, epsilon_tabular=epsilon_tabular,
-                       epsilon_text=epsilon_text)
+                       epsilon_text=epsilon_text, epsilon_total=2 * epsilon_tabular + epsilon_text,
+                       max_records=bound, allow_local_only=True)
             for name, path in sorted(site_files.items())]
 
 
@@ -129,10 +142,21 @@ def text_settings(profile: RunProfile, schema: Schema, text_model: str | None) -
             "narrated_records": profile.narrated_records}
 
 
+def _add_canary_exposure(report: dict[str, Any], model_dir: Path, spec: Path, seed: int) -> None:
+    """The canaries' exposure in the global narrative model, at the site that carried them."""
+    from common.text.narrative_model import NarrativeModel
+
+    site, bits = canary_exposure_bits(NarrativeModel.load(model_dir), spec, seed)
+    text = (report["sites"].get(site) or {}).get("text")
+    if text is not None:
+        text["canary_exposure_bits"] = round(bits, 4)
+        report["summary"]["federated"] = summarize(report["sites"])
+
+
 def _write_ledgers(sites: list[SiteConfig], folder: Path) -> None:
     """Copy each site's ledger (every spend) to ``privacy/SITE.json``: the audit record the
     report's privacy section (reported by the sites) can be checked against."""
     for site in sites:
-        entries = Ledger(site.state_dir / RUN_NAME / "ledger.jsonl").read()
+        account = SiteAccount(site.state_dir, site.data_path, site.epsilon_total, site.site_delta)
         atomic_write_text(folder / f"{site.name}.json",
-                          json.dumps([asdict(e) for e in entries], indent=2) + "\n")
+                          json.dumps([asdict(e) for e in account.entries()], indent=2) + "\n")

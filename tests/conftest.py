@@ -71,7 +71,7 @@ def server_identity(monkeypatch):
 @pytest.fixture
 def sites(tmp_path):
     """Three simulated hospitals (150 records each) as SiteConfigs by node id, and the schema."""
-    from client.site_config import SiteConfig
+    from common.site_config import SiteConfig
     from simulation.hospitals import write_sim_data
 
     paths = write_sim_data(tmp_path / "data", 3, 150, seed=2)

@@ -45,3 +45,20 @@ class InProcessGrid:
             reply = self.client_app(delivered, self.contexts[node])
             replies.append(self.tamper(node, reply) if self.tamper else reply)
         return replies
+
+
+def ask(client_app, context, message_type: str, payload, group_id: str = ""):
+    """Deliver one request (a ``Payload``, encoded as the coordinator encodes it) to a ClientApp;
+    return the reply Message."""
+    from server.messaging import to_content
+
+    return client_app(instruction(to_content(payload), message_type, dst_node_id=context.node_id,
+                                  group_id=group_id), context)
+
+
+def site_entries(config):
+    """Every entry of a site's lifetime ledger for its data file."""
+    from common.privacy.account import SiteAccount
+
+    return SiteAccount(config.state_dir, config.data_path, config.epsilon_total,
+                       config.site_delta).entries()

@@ -89,3 +89,25 @@ def test_text_flags_reach_the_pipeline(monkeypatch, tmp_path: Path) -> None:
     assert calls[1]["text"] is False and calls[2]["text"] is False
     res = fedsynth(*base, "--epsilon-text", "0")
     assert res.returncode == 2 and "must be above 0" in res.stderr
+
+
+def test_ledger_show_prints_a_sites_spends_and_refuses_a_folder_without_one(tmp_path, sites) -> None:
+    """``fedsynth ledger show``: what a site released (run, model, epsilon), what it refused, the
+    lifetime total and what is left; a state folder with no account is bad input (exit 2)."""
+    from dataclasses import replace
+
+    from common.run_plan import RunPlan
+    from common.site_actions import SITE_ACTIONS
+    from common.stages.base import Payload
+
+    site = replace(sites[1][1], epsilon_total=6.0)
+    plan = RunPlan.standard(run="spring", seed=1, kind="vae", rounds=1, local_steps=2,
+                            tabular_config={"batch_size": 32, "model": {"hidden": [16]}})
+    SITE_ACTIONS["query.label_counts"](site, Payload(values={"plan": plan.to_json(), "stage": 0}))
+    shown = fedsynth("ledger", "show", "--state-dir", str(site.state_dir))
+    assert shown.returncode == 0, shown.stderr
+    assert "spring" in shown.stdout and "tabular-vae" in shown.stdout
+    assert "cap epsilon-total 6" in shown.stdout and "left" in shown.stdout
+    empty = fedsynth("ledger", "show", "--state-dir", str(tmp_path / "nothing"))
+    assert empty.returncode == 2 and "no privacy account" in empty.stderr
+    assert "Traceback" not in empty.stderr

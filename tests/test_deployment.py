@@ -2,9 +2,11 @@
 
 A coordinator (Flower SuperLink with TLS, SuperNode authentication and a database; the ServerApp
 launched by `flwr run`) and three hospitals (Flower SuperNodes with the consortium CA, their own
-key and a --node-config pointing at their data) run a one-round federation to completion. A
-SuperNode with an unregistered key and one without the CA are refused. The SuperLink is restarted
-on the same database and still knows the run.
+key and a --node-config pointing at their data and their lifetime privacy cap) run a one-round
+federation to completion. A second run against the same SuperNode state folders is refused by
+every site at the handshake (their caps are spent), and `fedsynth ledger show` prints both runs.
+A SuperNode with an unregistered key and one without the CA are refused. The SuperLink is
+restarted on the same database and still knows the runs.
 
 Every process started here (and the ones Flower starts detached, such as the SuperLink's SuperExec)
 is stopped in ``finally``; the test fails if any survives.
@@ -331,7 +333,8 @@ def test_tls_authenticated_federation_runs_to_completion(tmp_path: Path) -> None
             state = tmp_path / "sites" / name
             state.mkdir(parents=True)
             node_config = (f"site-name='{name}' data-path='{site_files.get(name, site_files['north'])}' "
-                           f"schema-path='{data / 'schema.yaml'}' state-dir='{state}'")
+                           f"schema-path='{data / 'schema.yaml'}' state-dir='{state}' "
+                           f"epsilon-total=3.5 epsilon-tabular=3")  # room for one run, not two
             procs.start(name, [BIN / "flower-supernode", "--superlink", link, *extra,
                                "--node-config", node_config, "--port", port],
                         env={**env, "FLWR_HOME": str(state / "flwr-home")})
@@ -392,6 +395,24 @@ def test_tls_authenticated_federation_runs_to_completion(tmp_path: Path) -> None
             return status
 
         assert final_status(run_id) == "finished:completed"
+
+        # --- a second run on the same sites: every site refuses it, its cap is spent --------------
+        second = _json_out(_cli([BIN / "flwr", "run", app, CONNECTION, "--run-config",
+                                 run_config + " run-name='second'", "--format", "json"],
+                                env, tmp_path, timeout=120))
+        assert final_status(int(second["run-id"])) == "finished:failed"
+        second_log = _cli([BIN / "flwr", "log", second["run-id"], CONNECTION, "--show"], env,
+                          tmp_path).stdout
+        for site in SITES:
+            assert re.search(rf"site {site}: the site's privacy budget does not cover", second_log), \
+                second_log
+        assert "only 0 site(s) passed the handshake" in second_log
+        for site in SITES:
+            shown = _cli([BIN / "fedsynth", "ledger", "show", "--state-dir", tmp_path / "sites" / site],
+                         env, tmp_path).stdout
+            assert re.search(r"\brun\s+tabular-vae\b", shown), shown
+            assert re.search(r"\bsecond\s+refused: the run would bring the lifetime spend", shown), shown
+            assert "left" in shown
 
         server_log = _cli([BIN / "flwr", "log", run_id, CONNECTION, "--show"], env, tmp_path).stdout
         # min-sites=3 and quorum=3: all three passed the handshake and answered; the log names them.

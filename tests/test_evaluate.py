@@ -16,8 +16,10 @@ import pytest
 
 from common.data import load_site_data, stratified_split
 from common.metrics.bins import MIN_CELL, associations, cell_codes, plot_data, suppress
-from common.metrics.evaluate import jsonable, summarize
+from common.metrics.evaluate import evaluate_site, jsonable, summarize
+from common.metrics.features import modeled
 from common.metrics.privacy import closest_distance, dcr_overfitting_protection, exact_copies, mia_auc
+from common.privacy.disclosure import SMALL, rounded, small_count
 from common.schema import Schema
 from fedsynth.cli import main
 from simulation.ed_schema import ed_trauma_schema
@@ -48,7 +50,9 @@ def test_a_copy_of_train_is_flagged_by_every_privacy_metric(site) -> None:
     schema, split, independent = site
     train, holdout = split["train"], split["holdout"]
     copy = train.copy()
-    assert exact_copies(train, copy, schema) == len(train)
+    distinct = len(modeled(train, schema).drop_duplicates())
+    assert distinct > 0.9 * len(train)
+    assert exact_copies(train, copy, schema) == distinct
     assert mia_auc(train, holdout, copy, schema) > 0.9
     copied = dcr_overfitting_protection(train, holdout, copy, schema)
     assert copied < 0.7
@@ -70,6 +74,25 @@ def test_exact_copies_need_every_modeled_column(site) -> None:
     near["narrative"] = "different text"  # not modeled: never compared
     near["record_id"] = "x"
     assert exact_copies(train, near, schema) == 15
+
+
+def test_exact_copies_count_distinct_rows(site) -> None:
+    """A train row planted ten times is one memorised record: ten planted copies of a guessed
+    record must not make the count a membership test."""
+    schema, split, independent = site
+    train = split["train"]
+    planted = pd.concat([independent.iloc[:50], *[train.iloc[[0]]] * 10, train.iloc[[1, 2]]],
+                        ignore_index=True)
+    assert exact_copies(train, independent.iloc[:50], schema) == 0
+    assert exact_copies(train, planted, schema) == 3
+    assert exact_copies(train, pd.concat([train] * 3, ignore_index=True), schema) == \
+        exact_copies(train, train, schema)
+
+
+def test_small_number_rules() -> None:
+    assert [rounded(n) for n in (0, 4, 5, 14, 15, 96, 308)] == [0, 0, 10, 10, 20, 100, 310]
+    assert [small_count(n) for n in (0, 3, 9, 10, 14, 15, 96)] == [SMALL] * 3 + [10, 10, 20, 100]
+    assert SMALL == "<10" and MIN_CELL == 10
 
 
 def test_closest_distance_scales_by_schema_bounds(schema, good_csv) -> None:
@@ -101,13 +124,24 @@ def test_plot_data_has_schema_bins_and_no_small_cells(site) -> None:
     plots = plot_data(test, independent, schema)
     assert plots["min_cell"] == MIN_CELL and "fewer than 10" in plots["note"]
     assert set(plots["histograms"]) == {c.name for c in schema.modeled_columns}
+    real_test = modeled(test, schema)
     for name, hist in plots["histograms"].items():
-        for side, n in (("real", len(test)), ("synthetic", len(independent))):
-            shown = [c for c in hist[side] if c is not None]
-            assert all(c >= MIN_CELL for c in shown), (name, side, hist[side])
-            hidden = n - sum(shown)
-            assert hidden == 0 or hidden >= MIN_CELL, (name, side)  # no cell follows by subtraction
-            assert len(hist[side]) == len(hist["cells"])
+        shown = [c for c in hist["synthetic"] if c is not None]
+        assert all(c >= MIN_CELL for c in shown), (name, hist["synthetic"])
+        hidden = len(independent) - sum(shown)
+        assert hidden == 0 or hidden >= MIN_CELL, name  # no cell follows by subtraction
+        assert len(hist["synthetic"]) == len(hist["cells"]) and hist["n_synthetic"] == len(independent)
+        # the real side: suppressed on the exact counts (the same rule), then rounded to tens, and
+        # the split's size rounded too, so the shown cells do not give the exact counts
+        codes, _ = cell_codes(real_test[name], schema[name])
+        exact = suppress(np.bincount(codes[codes >= 0], minlength=len(hist["cells"])))
+        exact_shown = [c for c in exact if c is not None]
+        hidden = len(test) - sum(exact_shown)
+        assert hidden == 0 or hidden >= MIN_CELL, name
+        assert hist["real"] == [None if c is None else rounded(c) for c in exact], name
+        assert all(c >= MIN_CELL and c % MIN_CELL == 0 for c in hist["real"] if c is not None), name
+        assert hist["n_real"] == rounded(len(test)) and hist["n_real"] % MIN_CELL == 0
+    assert len(test) % MIN_CELL != 0  # 96 records: the exact size is not what is shown
     mechanism = plots["histograms"]["mechanism"]
     assert mechanism["cells"] == list(schema["mechanism"].categories)
     assert None in mechanism["real"]  # rare mechanisms at a 96-record test split
@@ -161,6 +195,35 @@ def test_summarize_weights_by_test_records_and_sums_counts() -> None:
         summarize({})
 
 
+def test_summarize_nulls_a_figure_some_site_wrote_as_small() -> None:
+    """"<10" has no known sum or mean: the federation's figure is null, not a guess."""
+    def metrics(n_test: int, copies: int | str, share: float | str) -> dict:
+        return {"n_train": 3 * n_test, "n_test": n_test, "privacy": {"exact_copies": copies},
+                "text": {"train_8gram_share": share, "distinct_2": 0.5}}
+
+    summary = summarize({"a": metrics(100, SMALL, 0.2), "b": metrics(300, 20, SMALL)})
+    assert summary["privacy"]["exact_copies"] is None
+    assert summary["text"]["train_8gram_share"] is None
+    assert summary["text"]["distinct_2"] == pytest.approx(0.5) and summary["n_test"] == 400
+    both = summarize({"a": metrics(100, 10, 0.2), "b": metrics(300, 20, 0.4)})
+    assert both["privacy"]["exact_copies"] == 30
+    assert both["text"]["train_8gram_share"] == pytest.approx(0.35)  # (100 * .2 + 300 * .4) / 400
+
+
+def test_evaluate_site_rounds_sizes_and_reports_few_copies_as_small(site) -> None:
+    schema, split, independent = site
+    synthetic = pd.concat([independent.iloc[:200], split["train"].iloc[:3]], ignore_index=True)
+    few = evaluate_site(schema, split, synthetic.drop(columns=["narrative"]), seed=0).metrics
+    assert (few["n_train"], few["n_test"]) == (rounded(len(split["train"])), rounded(len(split["test"])))
+    assert few["n_train"] % MIN_CELL == 0 and few["n_test"] % MIN_CELL == 0
+    assert exact_copies(split["train"], synthetic, schema) == 3
+    assert few["privacy"]["exact_copies"] == SMALL
+    many = pd.concat([independent.iloc[:200], split["train"].iloc[:24]], ignore_index=True)
+    assert exact_copies(split["train"], many, schema) == 24
+    metrics = evaluate_site(schema, split, many.drop(columns=["narrative"]), seed=0).metrics
+    assert metrics["privacy"]["exact_copies"] == 20  # rounded to ten
+
+
 def test_jsonable_gives_plain_rounded_types() -> None:
     out = jsonable({"a": np.float32(0.123456), "b": np.int64(3), "c": float("nan"), "d": [np.bool_(True)],
                     "e": (np.inf, None, "x")})
@@ -198,8 +261,9 @@ def test_evaluate_writes_every_contract_key(evaluated) -> None:
             assert set(evaluated[key]) == inner, key
     assert evaluated["text"]["canary_exposure_bits"] is None  # the synthetic file has narratives
     assert evaluated["n_train"] + evaluated["n_test"] < 400 and evaluated["n_test"] >= MIN_CELL
+    assert evaluated["n_train"] % MIN_CELL == 0 and evaluated["n_test"] % MIN_CELL == 0
     assert 0 <= evaluated["fidelity"]["detection_auc"] <= 1
-    assert evaluated["privacy"]["exact_copies"] == 0
+    assert evaluated["privacy"]["exact_copies"] == SMALL  # none: written "<10"
     assert set(evaluated["plots"]) == {"min_cell", "note", "label", "histograms", "associations"}
 
 

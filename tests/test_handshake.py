@@ -4,22 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
 from client.client_app import app
+from common.run_plan import RunPlan
 from common.schema import Schema
-from fedsynth import __version__
+from common.stages.base import Payload
+from common.version import __version__
 from tests.conftest import GOOD_ROWS, write_csv
-from tests.flower_helpers import instruction
+from tests.flower_helpers import ask
+
+PLAN = RunPlan.standard(run="r", seed=0, kind="vae", rounds=1, local_steps=1, tabular_config={})
 
 
 def _call(node_config: dict, schema_hash: str, version: str = __version__) -> dict:
-    offer = ConfigRecord({"schema_hash": schema_hash, "version": version})
-    msg = instruction(RecordDict({"handshake": offer}), "query.handshake")
+    """The handshake's verdict: the reply's values, or its error."""
     ctx = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
-    reply = app(msg, ctx)
-    assert not reply.has_error(), reply.error
-    return dict(reply.content["handshake"])
+    offer = Payload(values={"schema_hash": schema_hash, "version": version, "plan": PLAN.to_json()})
+    reply = ask(app, ctx, "query.handshake", offer)
+    if reply.has_error():
+        return {"accepted": False, "reason": reply.error.reason}
+    from server.messaging import payload_of
+
+    return {"accepted": True, **payload_of(reply).values}
 
 
 def _node_config(tmp_path: Path, data: Path, schema_path: Path, **extra) -> dict:
@@ -29,12 +36,13 @@ def _node_config(tmp_path: Path, data: Path, schema_path: Path, **extra) -> dict
 
 def test_matching_site_is_accepted(tmp_path, schema_path, good_csv, schema: Schema) -> None:
     answer = _call(_node_config(tmp_path, good_csv, schema_path), schema.hash)
-    assert answer == {"accepted": True, "reason": "ok", "site": "north", "version": __version__}
+    assert answer == {"accepted": True, "site": "north", "version": __version__}
 
 
 def test_schema_mismatch_is_refused_with_reason(tmp_path, schema_path, good_csv) -> None:
     answer = _call(_node_config(tmp_path, good_csv, schema_path), "0" * 64)
     assert not answer["accepted"] and "schema mismatch" in answer["reason"]
+    assert answer["reason"].startswith("site north: ")
 
 
 def test_version_mismatch_is_refused(tmp_path, schema_path, good_csv, schema) -> None:
@@ -57,4 +65,4 @@ def test_site_can_ask_to_be_excluded(tmp_path, schema_path, good_csv, schema) ->
 
 def test_missing_node_config_is_a_refusal(schema) -> None:
     answer = _call({}, schema.hash)
-    assert not answer["accepted"] and "--node-config" in answer["reason"]
+    assert not answer["accepted"] and "could not take part" in answer["reason"]

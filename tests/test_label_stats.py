@@ -13,7 +13,7 @@ from common.tabular.label_stats import cells, label_tables, sensitivity
 from common.tabular.synthesizer import TabularSynthesizer
 from tests.test_encoding import random_frame, small_schema
 
-VAE = {"model": {"hidden": [16], "latent_dim": 4}, "batch_size": 64, "steps": 5, "dp_seed": 1}
+VAE = {"model": {"hidden": [16], "latent_dim": 4}, "batch_size": 64, "steps": 5}
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,17 @@ def test_one_record_moves_the_release_by_at_most_its_sensitivity(schema) -> None
 
 def test_release_is_one_charged_gaussian_release(schema) -> None:
     ledger = Ledger()
-    synth = TabularSynthesizer(schema, kind="vae", epsilon=2.0, config=VAE, device="cpu", ledger=ledger)
+    synth = TabularSynthesizer(schema, kind="vae", epsilon=2.0, config=VAE, device="cpu", ledger=ledger,
+                               noise_seed=1)
     frame = skewed_frame(schema)
     synth.fit(frame)
     release, training = ledger.read()
     assert release.note == "label counts + class tables" and (release.sample_rate, release.steps) == (1.0, 1)
     assert 0.99 < release.epsilon_after <= 1.0  # the default half of epsilon
     assert synth.released_label_tables().shape[0] == 5 and 1.98 < synth.epsilon_spent() <= 2.0
+    # the plan computed without a model leaves the same half for the tables' release
+    planned = TabularSynthesizer.planned_releases("vae", VAE, 2.0, synth.delta, len(frame), VAE["steps"])
+    assert [(e.noise_multiplier, e.sample_rate, e.steps) for e in (release, training)] == planned
 
 
 def test_initialised_vae_samples_class_conditional_marginals(schema) -> None:

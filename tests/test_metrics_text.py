@@ -15,7 +15,8 @@ import pytest
 from common.data import load_site_data, stratified_split
 from common.metrics.bins import MIN_CELL
 from common.metrics.evaluate import evaluate_site, summarize
-from common.metrics.text import MAUVE_MIN_TEXTS, distinct_n, text_metrics
+from common.metrics.text import MAUVE_MIN_TEXTS, distinct_n, ngram_overlap, text_metrics
+from common.privacy.disclosure import SMALL
 from common.schema import Schema
 from simulation.hospitals import write_sim_data
 
@@ -60,7 +61,8 @@ def scored(sim) -> dict[str, dict]:
     out = {name: text_metrics(schema, split["train"], split["test"], frame, seed=0)
            for name, frame in planted(sim).items()}
     for name, metrics in out.items():
-        print(name, {k: None if v is None else round(v, 3) for k, v in metrics.items()})
+        print(name, {k: v if v is None or isinstance(v, str) else round(v, 3)
+                     for k, v in metrics.items()})
     return out
 
 
@@ -139,7 +141,10 @@ def test_evaluate_site_fills_the_text_block(sim) -> None:
     text = evaluate_site(schema, split, synthetic, seed=1).metrics["text"]
     assert set(text) == TEXT_KEYS and text["canary_exposure_bits"] is None
     assert text["mauve"] > 0.85 and text["consistency_accuracy"] > 0.7
-    assert all(round(v, 4) == v for v in text.values() if v is not None)  # rounded like every figure
+    assert all(round(v, 4) == v for v in text.values()  # rounded like every figure
+               if v is not None and not isinstance(v, str))
+    share = text["train_8gram_share"]
+    assert share == SMALL or isinstance(share, float)
 
 
 def test_summarize_averages_text_over_the_sites_that_have_it() -> None:
@@ -162,4 +167,34 @@ def test_copied_train_narratives_are_caught_by_the_8gram_scan(sim) -> None:
     copied = text_metrics(schema, split["train"], split["test"], split["train"], seed=0)
     print("8-gram share: another site", other["train_8gram_share"], "copies", copied["train_8gram_share"])
     assert copied["train_8gram_share"] > 0.95  # (a note under 8 words has no 8-gram)
-    assert other["train_8gram_share"] < 0.5
+    shared = ngram_overlap(written_texts(synthetic), written_texts(split["train"]))["with_overlap"]
+    if shared < MIN_CELL:  # fewer than ten notes share one: the count is not released
+        assert other["train_8gram_share"] == SMALL
+    else:
+        assert other["train_8gram_share"] == pytest.approx(shared / len(synthetic))
+        assert other["train_8gram_share"] < 0.5
+
+
+def written_texts(frame: pd.DataFrame) -> list[str]:
+    return frame["narrative"].dropna().astype(str).str.strip().loc[lambda t: t != ""].tolist()
+
+
+def test_an_8gram_share_of_fewer_than_ten_notes_is_written_small(sim) -> None:
+    """The number of synthetic notes is public, so a share would give the count: under ten notes
+    sharing an 8-gram with train, the figure is "<10"; from ten on it is the share."""
+    schema, split, synthetic = sim
+    synthetic = synthetic.iloc[:MAUVE_MIN_TEXTS - 10]  # too few for MAUVE (slow, and not tested here)
+    train = split["train"]
+    fresh = with_narratives(synthetic, [f"NOTE NUMBER {i} WITH NO WORDS OF ANY REAL TRAUMA NOTE"
+                                        for i in range(len(synthetic))])
+    copies = [t for t in train["narrative"] if len(t.split()) >= 12][:MIN_CELL]
+    assert len(copies) == MIN_CELL
+
+    def share(n_copied: int) -> float | str:
+        texts = [*copies[:n_copied], *fresh["narrative"].iloc[n_copied:]]
+        return text_metrics(schema, train, split["test"], with_narratives(synthetic, texts),
+                            seed=0)["train_8gram_share"]
+
+    assert share(0) == SMALL
+    assert share(MIN_CELL - 1) == SMALL
+    assert share(MIN_CELL) == pytest.approx(MIN_CELL / len(synthetic))

@@ -14,8 +14,14 @@ import torch
 from torch import nn
 
 from common.errors import BudgetExceededError, InputError
-from common.privacy.accountant import PrivacyAccountant, calibrate_noise, default_delta
-from common.privacy.budget import PrivacyBudget
+from common.privacy.accountant import (
+    DEFAULT_DELTA,
+    DEFAULT_MAX_RECORDS,
+    PrivacyAccountant,
+    calibrate_noise,
+    delta_for_bound,
+)
+from common.privacy.budget import PrivacyBudget, accountant_of
 from common.privacy.counts import counts_release, label_distribution, release_label_counts
 from common.privacy.ledger import Ledger, epsilon_from_ledger
 from common.tabular.base import Span, TabularModel
@@ -64,9 +70,12 @@ def params(model: nn.Module) -> list[torch.Tensor]:
 
 
 # --- accountant and calibration --------------------------------------------------------------
-def test_default_delta() -> None:
-    assert default_delta(1_000) == 1e-5
-    assert default_delta(1_000_000) == pytest.approx(1e-7)
+def test_delta_for_bound() -> None:
+    assert delta_for_bound(1_000) == 1e-5
+    assert delta_for_bound(1_000_000) == pytest.approx(1e-7)
+    assert DEFAULT_DELTA == delta_for_bound(DEFAULT_MAX_RECORDS) == 1e-5
+    with pytest.raises(ValueError):
+        delta_for_bound(0)
 
 
 def test_calibrated_noise_is_the_smallest_that_fits() -> None:
@@ -132,6 +141,61 @@ def test_ledger_epsilon_matches_accountant_and_survives_restart(tmp_path) -> Non
     for line in path.read_text().splitlines():
         assert set(json.loads(line)) >= {"time", "model", "steps", "sample_rate",
                                          "noise_multiplier", "epsilon_after", "delta", "round"}
+
+
+def test_ledger_entries_are_stamped_with_their_run_and_read_per_run(tmp_path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    first = PrivacyBudget(10.0, DELTA, "vae", Ledger(path, run="run-1"))
+    first.charge(1.0, 0.1, 10)
+    second = PrivacyBudget(10.0, DELTA, "vae", Ledger(path, run="run-2"))
+    assert second.accountant.history == []  # a model's budget is per run
+    second.charge(1.5, 0.1, 5)
+    assert [e.run for e in Ledger(path).read()] == ["run-1", "run-2"]
+    assert [e.steps for e in Ledger(path).read("vae", run="run-2")] == [5]
+    assert PrivacyBudget(10.0, DELTA, "vae", Ledger(path, run="run-1")).accountant.history == [
+        (1.0, 0.1, 10)]
+    both = accountant_of(Ledger(path).read())
+    assert both.history == [(1.0, 0.1, 10), (1.5, 0.1, 5)]
+    assert second.lifetime_after() == pytest.approx(both.epsilon(DELTA), rel=1e-12)
+    assert second.lifetime_after() > max(first.spent(), second.spent())
+
+
+def test_lifetime_cap_refuses_a_later_model_or_run_and_writes_nothing(tmp_path) -> None:
+    """The cap bounds every release ever made from the data file, all runs and models composed:
+    a second model (or run) whose own budget has room is refused at calibrate() and at charge()
+    once the composition would pass the cap, and the ledger is left as it was."""
+    path = tmp_path / "ledger.jsonl"
+    cap = 2.5  # two runs at epsilon 2 compose to about 2.76 under RDP
+    q, steps = 0.05, 100
+    first = PrivacyBudget(2.0, DELTA, "tabular-vae", Ledger(path, run="run-1", epsilon_cap=cap))
+    sigma = first.calibrate(q, steps)
+    first.charge(sigma, q, steps)
+    assert first.spent() <= cap
+    before = path.read_bytes()
+
+    # another model of another run, within its own budget of 2.0 but not within the cap
+    ledger = Ledger(path, run="run-2", epsilon_cap=cap)
+    second = PrivacyBudget(2.0, DELTA, "text-lora", ledger)
+    assert not second.would_exceed(sigma, q, steps)  # its own budget would allow it
+    assert second.lifetime_after([(sigma, q, steps)]) > cap
+    with pytest.raises(BudgetExceededError, match="lifetime spend.*cap"):
+        second.calibrate(q, steps)
+    with pytest.raises(BudgetExceededError, match="lifetime spend.*cap.*Nothing was spent"):
+        second.charge(sigma, q, steps)
+    assert path.read_bytes() == before
+    assert second.accountant.history == [] and second.spent() == 0.0
+
+    # a release small enough to keep the composition within the cap still goes through
+    small = (50.0, q, 1)
+    assert second.lifetime_after([small]) <= cap
+    second.charge(*small)
+    assert len(Ledger(path).read()) == 2 and Ledger(path).read()[-1].run == "run-2"
+    assert second.lifetime_after() <= cap
+
+    # without a cap the same ledger file lets the second model spend its own budget
+    uncapped = PrivacyBudget(2.0, DELTA, "text-lora", Ledger(path, run="run-3"))
+    uncapped.charge(sigma, q, steps)
+    assert uncapped.lifetime_after() > cap
 
 
 def test_corrupt_ledger_and_lost_ledger_are_refused(tmp_path) -> None:

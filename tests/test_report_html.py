@@ -11,12 +11,20 @@ import pytest
 from common.data import stratified_split
 from common.metrics.bins import plot_data
 from common.metrics.evaluate import summarize
+from common.privacy.disclosure import SMALL
+from common.run_plan import RunPlan
+from server.report import add_variant, build_report, privacy_section, summary_lines
 from server.report_html import render_report_html
 from simulation.ed_schema import MECHANISMS, ed_trauma_schema
 from simulation.hospitals import simulate_site
 
 SITES = ("site-1-urban_trauma", "St <Mary's> & Co")
 SECTIONS = ("run", "privacy", "summary", "sites", "utility", "rare-classes", "distributions", "samples")
+PLAN = RunPlan.standard("run-1", 0, "vae", rounds=3, local_steps=5, tabular_config={},
+                        text_config={"base": "tiny"}, text_rounds=2, text_local_steps=3,
+                        local_only=True)
+TABULAR_ONLY = RunPlan.standard("run-1", 0, "vae", rounds=3, local_steps=5, tabular_config={})
+RELEASE = {"sha256": "ab" * 32, "records": 1200}
 VOID = {"meta", "br", "hr", "img", "input", "link", "col", "area", "base", "wbr", "source"}
 
 
@@ -43,35 +51,98 @@ class TagChecker(HTMLParser):
             self.errors.append(f"unexpected </{tag}>")
 
 
-def metrics(n_test: int, f1: float) -> dict:
+def metrics(n_test: int, f1: float, copies: int | str = SMALL) -> dict:
     recall = {c: (f1 if i < 4 else None) for i, c in enumerate(MECHANISMS)}
     return {"n_train": 3 * n_test, "n_test": n_test,
             "fidelity": {"column_shapes": 0.95, "column_pair_trends": 0.8, "detection_auc": 0.6,
                          "wasserstein_mean": 0.01},
             "utility": {"trtr_macro_f1": f1, "tstr_macro_f1": f1 - 0.1, "augmented_macro_f1": f1 + 0.02,
                         "per_class_recall_trtr": recall, "per_class_recall_augmented": recall},
-            "privacy": {"exact_copies": 0, "dcr_overfitting_protection": 0.9, "mia_auc": 0.51},
+            "privacy": {"exact_copies": copies, "dcr_overfitting_protection": 0.9, "mia_auc": 0.51},
             "text": None}
+
+
+def spend(tabular: float, local: float | None, text: float | None, run: float, lifetime: float,
+          cap: float | None = 10.0, delta: float = 1e-5) -> dict:
+    """A site's reported spend (``SiteRun.spends``): epsilon per ledger model name."""
+    epsilon = {"tabular-vae": tabular}
+    if local is not None:
+        epsilon["tabular-vae-local"] = local
+    if text is not None:
+        epsilon["text-lora"] = text
+    return {"epsilon": epsilon, "epsilon_run": run, "epsilon_lifetime": lifetime,
+            "epsilon_cap": cap, "delta": delta}
+
+
+SPENDS = {SITES[0]: spend(2.9, 2.8, 1.5, 4.1, 6.2),
+          SITES[1]: spend(2.7, None, 1.4, 3.3, 3.3, cap=None, delta=1e-6)}
+RUN = {"fedsynth_version": "0.1.0", "seed": 0, "profile": "quick", "generator": "vae",
+       "sites": list(SITES), "rounds": 3, "duration_s": 12.5, "started_at": "2025-01-01T00:00:00+00:00"}
 
 
 @pytest.fixture(scope="module")
 def report() -> dict:
     schema = ed_trauma_schema(list(SITES))
-    sites = {site: metrics(100 + 50 * i, 0.4 + 0.1 * i) for i, site in enumerate(SITES)}
-    local = {site: metrics(m["n_test"], 0.3) for site, m in sites.items()}
-    plots = {}
+    evaluations = {}
     for i, site in enumerate(SITES):
         test = stratified_split(simulate_site("urban_trauma", 500, i, site), "mechanism", 0)["test"]
-        plots[site] = plot_data(test, simulate_site("urban_trauma", 300, 10 + i, site), schema)
-    return {"run": {"fedsynth_version": "0.1.0", "seed": 0, "profile": "quick", "generator": "vae",
-                    "sites": list(SITES), "rounds": 3, "duration_s": 12.5,
-                    "started_at": "2025-01-01T00:00:00+00:00"},
-            "privacy": {"delta": 1e-5, "per_site": {s: {"epsilon_tabular": 2.9, "epsilon_text": None,
-                                                        "epsilon_total": 2.9} for s in SITES}},
-            "sites": sites, "baselines": {"local_only": local, "centralized": None},
-            "summary": {"federated": summarize(sites), "local_only": summarize(local),
-                        "centralized": None},
-            "plots": plots}
+        plots = plot_data(test, simulate_site("urban_trauma", 300, 10 + i, site), schema)
+        scores = {"federated": {**metrics(100 + 50 * i, 0.4 + 0.1 * i, SMALL if i == 0 else 20),
+                                "plots": plots}}
+        if i == 0:  # only the first site trained and scored the local-only baseline
+            scores["local_only"] = {**metrics(100, 0.3), "plots": plots}
+        evaluations[site] = {"scores": scores, "spend": SPENDS[site]}
+    privacy = privacy_section({site: e["spend"] for site, e in evaluations.items()}, PLAN)
+    return build_report(RUN, privacy, evaluations, RELEASE)
+
+
+def test_build_report_puts_each_variant_in_its_place(report) -> None:
+    assert report["run"] == RUN and report["release"] == RELEASE
+    assert list(report["sites"]) == sorted(SITES) and list(report["plots"]) == sorted(SITES)
+    assert all("plots" not in m for m in report["sites"].values())  # plot data travels beside
+    assert set(report["plots"][SITES[0]]["histograms"]) >= {"mechanism", "age"}
+    assert list(report["baselines"]["local_only"]) == [SITES[0]]
+    assert report["baselines"]["centralized"] is None and report["summary"]["centralized"] is None
+    federated = report["summary"]["federated"]
+    assert federated["n_test"] == 100 + 150
+    assert federated["privacy"]["exact_copies"] is None  # one site wrote "<10": no known sum
+    assert report["summary"]["local_only"] == summarize(report["baselines"]["local_only"])
+    # a run without any local-only score has no such baseline at all
+    federated_only = {site: {"scores": {"federated": {**metrics(100, 0.5), "plots": report["plots"][site]}},
+                             "spend": SPENDS[site]} for site in SITES}
+    bare = build_report(RUN, report["privacy"], federated_only, RELEASE)
+    assert bare["baselines"]["local_only"] is None and bare["summary"]["local_only"] is None
+    assert bare["summary"]["federated"]["privacy"]["exact_copies"] is None
+    # a simulation adds the centralized baseline afterwards
+    add_variant(bare, "centralized", {SITES[0]: {**metrics(100, 0.7, 30), "plots": {}}})
+    assert list(bare["baselines"]["centralized"]) == [SITES[0]]
+    assert bare["summary"]["centralized"]["utility"]["trtr_macro_f1"] == pytest.approx(0.7)
+    assert bare["summary"]["centralized"]["privacy"]["exact_copies"] == 30
+    assert list(bare["plots"]) == sorted(SITES)  # the federated plots are kept
+
+
+def test_privacy_section_maps_ledger_names_to_contract_keys(report) -> None:
+    privacy = report["privacy"]
+    assert privacy["delta"] == 1e-5  # the largest site delta
+    first, second = privacy["per_site"][SITES[0]], privacy["per_site"][SITES[1]]
+    assert first == {"epsilon_tabular": 2.9, "epsilon_tabular_local_only": 2.8, "epsilon_text": 1.5,
+                     "epsilon_total": 4.1, "epsilon_lifetime": 6.2, "epsilon_cap": 10.0}
+    assert second["epsilon_tabular_local_only"] is None and second["epsilon_cap"] is None
+    assert (second["epsilon_total"], second["epsilon_lifetime"]) == (3.3, 3.3)
+    without_text = privacy_section(SPENDS, TABULAR_ONLY)
+    assert {p["epsilon_text"] for p in without_text["per_site"].values()} == {None}
+    nothing_spent = privacy_section({"a": spend(0.0, None, None, 0.0, 0.0)}, PLAN)["per_site"]["a"]
+    assert (nothing_spent["epsilon_tabular"], nothing_spent["epsilon_text"]) == (0.0, 0.0)
+    assert privacy_section({}, PLAN) == {"delta": None, "per_site": {}}
+
+
+def test_summary_lines_give_the_run_and_the_lifetime_spend(report) -> None:
+    lines = summary_lines(report)
+    assert lines[1].startswith("federated") and lines[3].startswith("centralized")
+    assert "(not run)" in lines[3]
+    assert lines[-1] == ("sites 2; epsilon per site: federated model 2.70-2.90, narrative model "
+                         "1.40-1.50, the run's releases composed 3.30-4.10 (lifetime 3.30-6.20); "
+                         "delta 1e-05")
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +185,15 @@ def test_tables_show_baselines_and_missing_centralized(page: str) -> None:
     assert "Column Pair Trends" in page and "membership-inference AUC" in page
     assert "–" in page  # centralized was not run
     assert "suppressed" in page
+    assert "<td>&lt;10</td>" in page  # a small count as the site wrote it, escaped
+
+
+def test_privacy_table_shows_run_lifetime_and_cap(page: str) -> None:
+    for column in ("epsilon_tabular", "epsilon_tabular_local_only", "epsilon_text", "epsilon_total",
+                   "epsilon_lifetime", "epsilon_cap"):
+        assert f"<th>{column}</th>" in page, column
+    assert '<td class="num">6.200</td>' in page and '<td class="num">10.000</td>' in page
+    assert "lifetime" in page and "never from its record count" in page
 
 
 def test_a_report_without_metrics_still_renders() -> None:

@@ -5,9 +5,12 @@ import logging
 import pytest
 
 from client.client_app import app as client_app
+from common.run_plan import RunPlan
 from server.handshake import QuorumError, run_handshake
 from tests.conftest import GOOD_ROWS, write_csv
 from tests.flower_helpers import InProcessGrid
+
+PLAN = RunPlan.standard(run="r", seed=0, kind="vae", rounds=1, local_steps=1, tabular_config={})
 
 
 @pytest.fixture
@@ -25,7 +28,7 @@ def grid(tmp_path, schema_path, good_csv, server_identity) -> InProcessGrid:
 
 def test_only_compatible_sites_pass(grid, schema, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="fedsynth.server"):
-        accepted = run_handshake(grid, schema, min_sites=1, timeout_s=5)
+        accepted = run_handshake(grid, schema, PLAN, min_sites=1, timeout_s=5)
     assert accepted == {1: "north"}
     assert "south" in caplog.text and "schema mismatch" in caplog.text
     assert "east" in caplog.text and "failed validation" in caplog.text
@@ -33,4 +36,4 @@ def test_only_compatible_sites_pass(grid, schema, caplog) -> None:
 
 def test_quorum_not_met_stops_cleanly(grid, schema) -> None:
     with pytest.raises(QuorumError, match="only 1 site"):
-        run_handshake(grid, schema, min_sites=2, timeout_s=1)
+        run_handshake(grid, schema, PLAN, min_sites=2, timeout_s=1)

@@ -5,19 +5,23 @@ Runs on the tiny model of test_privacy.py so that these tests check the facade, 
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from common.errors import BudgetExceededError, InputError
+from common.privacy.accountant import DEFAULT_DELTA
 from common.privacy.ledger import Ledger, epsilon_from_ledger
 from common.tabular import synthesizer as synth_module
 from common.tabular.synthesizer import TabularSynthesizer
 from tests.test_encoding import random_frame, small_schema
 from tests.test_privacy import TinyModel
 
-CONFIG = {"batch_size": 32, "steps": 20, "lr": 1e-2, "model": {"hidden": 8}, "dp_seed": 5}
+CONFIG = {"batch_size": 32, "steps": 20, "lr": 1e-2, "model": {"hidden": 8}}
+NOISE_SEED = 5  # a privacy setting of the data holder, never part of the config
 N = 200
 
 
@@ -39,16 +43,21 @@ def frame(schema) -> pd.DataFrame:
 def make(schema, ledger=None, **kw) -> TabularSynthesizer:
     return TabularSynthesizer(schema, kind="tiny", epsilon=kw.pop("epsilon", 2.0),
                               config={**CONFIG, **kw.pop("config", {})}, device="cpu",
-                              ledger=ledger, **kw)
+                              ledger=ledger, noise_seed=kw.pop("noise_seed", NOISE_SEED), **kw)
 
 
 def entries(ledger: Ledger) -> list[dict]:
     return [{**vars(e), "time": None} for e in ledger.read()]
 
 
+def same_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """Named weights: the same names, and every array equal."""
+    return set(a) == set(b) and all(np.array_equal(a[name], b[name]) for name in a)
+
+
 def test_fit_spends_the_budget_counts_included(schema, frame) -> None:
     synth = make(schema).fit(frame)
-    assert synth.delta == 1e-5  # min(1e-5, 1/(10 n))
+    assert synth.delta == DEFAULT_DELTA == 1e-5  # a public default, never from the record count
     spent = synth.epsilon_spent()
     assert 1.98 < spent <= 2.0
     counts, training = synth.ledger.read()
@@ -73,8 +82,7 @@ def test_federated_rounds_stay_in_budget_and_refuse_beyond(schema, frame) -> Non
     with pytest.raises(BudgetExceededError, match="Nothing was spent"):
         synth.train_steps(frame, k, round=rounds)
     assert entries(synth.ledger) == ledger and synth.epsilon_spent() == spent[-1]
-    for a, b in zip(weights, synth.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert same_weights(weights, synth.get_weights())
 
 
 def test_plan_is_fixed_for_the_whole_run(schema, frame) -> None:
@@ -102,14 +110,37 @@ def test_resume_from_saved_folder_matches_uninterrupted_run(schema, frame, tmp_p
     first.train_steps(frame, 5, round=0)
     first.save(tmp_path / "ckpt")
     del first
-    resumed = TabularSynthesizer.load(tmp_path / "ckpt", device="cpu", ledger=tmp_path / "site.jsonl")
+    # as a site resumes: the facade built with its own privacy settings (the noise seed is never
+    # saved), then the saved state
+    resumed = make(schema, ledger=tmp_path / "site.jsonl")
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt" / "tabular.pt", map_location="cpu",
+                                       weights_only=True))
     for r in (1, 2):
         resumed.train_steps(frame, 5, round=r)
 
     assert resumed.epsilon_spent() == whole.epsilon_spent()
     assert entries(resumed.ledger) == entries(whole.ledger)
-    for a, b in zip(whole.get_weights(), resumed.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert same_weights(whole.get_weights(), resumed.get_weights())
+
+
+def test_loaded_folder_resumes_the_spend_without_a_saved_noise_seed(schema, frame, tmp_path) -> None:
+    """``load`` restores weights, plan and spend, but never the noise seed (nor the RNG state of
+    a seeded run): training on continues the ledger exactly, with fresh noise."""
+    first = make(schema, ledger=tmp_path / "site.jsonl")
+    first.plan(N, 15)
+    first.release_label_counts(frame)
+    first.train_steps(frame, 5, round=0)
+    first.save(tmp_path / "ckpt")
+    assert "noise_seed" not in (tmp_path / "ckpt" / "tabular.json").read_text()
+    shutil.copy(tmp_path / "site.jsonl", tmp_path / "copy.jsonl")  # two continuations compared
+    loaded = TabularSynthesizer.load(tmp_path / "ckpt", device="cpu", ledger=tmp_path / "copy.jsonl")
+    assert loaded.noise_seed is None and loaded.max_grad_norm == first.max_grad_norm
+    assert same_weights(loaded.get_weights(), first.get_weights())
+    first.train_steps(frame, 5, round=1)
+    loaded.train_steps(frame, 5, round=1)
+    assert loaded.epsilon_spent() == first.epsilon_spent()
+    assert entries(loaded.ledger) == entries(first.ledger)
+    assert not same_weights(loaded.get_weights(), first.get_weights())
 
 
 def test_checkpoint_trains_on_only_with_its_ledger(schema, frame, tmp_path) -> None:
@@ -141,12 +172,22 @@ def test_released_folder_samples_like_the_original(schema, frame, tmp_path) -> N
 def test_weights_round_trip_for_aggregation(schema, frame) -> None:
     trained = make(schema).fit(frame)
     fresh = make(schema, seed=1)
-    assert any((a != b).any() for a, b in zip(trained.get_weights(), fresh.get_weights(), strict=True))
-    fresh.set_weights(trained.get_weights())
+    weights = trained.get_weights()
+    assert set(weights) == set(trained.model.state_dict())  # by the torch state_dict's names
+    assert not same_weights(weights, fresh.get_weights())
+    fresh.set_weights(weights)
     fresh.set_label_counts(trained.label_counts)
+    assert same_weights(fresh.get_weights(), weights)
     pd.testing.assert_frame_equal(fresh.sample(40, seed=9), trained.sample(40, seed=9))
     with pytest.raises(ValueError, match="shape"):
-        fresh.set_weights([w[..., :1] for w in trained.get_weights()])
+        fresh.set_weights({name: w[..., :1] for name, w in weights.items()})
+    renamed = {f"x.{name}": w for name, w in weights.items()}
+    with pytest.raises(ValueError, match="expected the arrays"):
+        fresh.set_weights(renamed)
+    missing = dict(list(weights.items())[1:])
+    with pytest.raises(ValueError, match="expected the arrays"):
+        fresh.set_weights(missing)
+    assert same_weights(fresh.get_weights(), weights)  # a refused update changes nothing
 
 
 def test_samples_are_typed_in_bounds_and_follow_noisy_counts(schema, frame) -> None:
@@ -207,6 +248,9 @@ def test_non_private_baseline(schema, frame) -> None:
     ({"kind": "gan"}, "unknown generator"),
     ({"config": {"epochs": 3}}, "unknown tabular config"),
     ({"config": {"counts_fraction": 1.5}}, "counts_fraction"),
+    ({"config": {"dp_seed": 5}}, "unknown tabular config"),  # privacy settings: not config
+    ({"config": {"max_grad_norm": 1.0}}, "unknown tabular config"),
+    ({"max_grad_norm": 0.0}, "max_grad_norm"),
 ])
 def test_bad_settings_raise_input_error(schema, kwargs, message) -> None:
     kind = kwargs.pop("kind", "tiny")
@@ -233,18 +277,38 @@ def test_real_generators_train_under_dp_and_sample(schema, frame, kind, model, t
     ("vae", {"latent_dim": 4, "hidden": (16,)}),
     ("ddpm", {"timesteps": 8, "hidden": (16,), "dim_t": 8}),
 ])
-def test_dp_seed_makes_training_reproducible(schema, frame, kind, model) -> None:
-    """The seed covers the models' own randomness (VAE reparameterisation, diffusion timesteps)
-    as well as batches and DP noise: two seeded fits agree exactly, another seed does not."""
-    def fit(dp_seed: int, global_seed: int) -> list[np.ndarray]:
+def test_noise_seed_makes_training_reproducible(schema, frame, kind, model) -> None:
+    """The noise seed covers the models' own randomness (VAE reparameterisation, diffusion
+    timesteps) as well as batches and DP noise: two seeded fits agree exactly, another seed does
+    not, and without one (the default) the noise comes from OS entropy and no RNG state is kept."""
+    def fit(noise_seed: int | None, global_seed: int) -> TabularSynthesizer:
         torch.manual_seed(global_seed)  # the global RNG must not matter
         synth = TabularSynthesizer(schema, kind=kind, epsilon=2.0, device="cpu",
-                                   config={**CONFIG, "model": model, "dp_seed": dp_seed})
-        return synth.fit(frame).get_weights()
+                                   config={**CONFIG, "model": model}, noise_seed=noise_seed)
+        return synth.fit(frame)
 
     first, again, other = fit(5, 1), fit(5, 2), fit(6, 1)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    assert same_weights(first.get_weights(), again.get_weights())
+    assert not same_weights(first.get_weights(), other.get_weights())
+    unseeded = [fit(None, 1) for _ in range(2)]
+    assert not same_weights(unseeded[0].get_weights(), unseeded[1].get_weights())
+    assert "rng" in first.state_dict()["trainer"]
+    assert "rng" not in unseeded[0].state_dict()["trainer"]  # a saved state would reveal the noise
+
+
+@pytest.mark.parametrize("config", [{}, {"counts_fraction": 0.3}], ids=["default", "counts-0.3"])
+def test_planned_releases_are_what_plan_and_training_record(schema, frame, config) -> None:
+    """``planned_releases`` (no model built) is exactly what ``fit`` then writes to the ledger:
+    the label counts, then the calibrated DP-SGD steps."""
+    steps = CONFIG["steps"]
+    planned = TabularSynthesizer.planned_releases("tiny", {**CONFIG, **config}, 2.0, DEFAULT_DELTA,
+                                                  N, steps)
+    synth = make(schema, config=config).fit(frame, steps)
+    recorded = [(e.noise_multiplier, e.sample_rate, e.steps) for e in synth.ledger.read()]
+    assert recorded == [tuple(r) for r in planned]
+    assert planned[-1][0] == synth.plan(N, steps)  # the plan's noise multiplier
+    assert TabularSynthesizer.planned_releases("tiny", CONFIG, 2.0, DEFAULT_DELTA, 10 * N,
+                                               steps)[-1][1] < planned[-1][1]  # more records: smaller q
 
 
 def test_small_budget_releases_counts_and_trains(schema, frame) -> None:

@@ -77,9 +77,9 @@ def planted_site() -> tuple[pd.DataFrame, pd.DataFrame, list[Canary], list[list[
 
 def mean_exposure(epsilon: float | None, site) -> float:
     real, train, canaries, rows = site
-    config = {"base": "tiny", "fields": ["mechanism"], "lr": 2e-2, "batch_size": 16, "dp_seed": 5,
+    config = {"base": "tiny", "fields": ["mechanism"], "lr": 2e-2, "batch_size": 16,
               "lora": {"target_modules": ALL_LINEAR}}
-    model = NarrativeModel(SCHEMA, epsilon=epsilon, config=config, device="cpu")
+    model = NarrativeModel(SCHEMA, epsilon=epsilon, config=config, device="cpu", noise_seed=5)
     model.fit(train, steps=100)
     return float(np.mean([model.canary_exposure(real.iloc[r[0]].to_dict(), real["narrative"].iloc[r[0]],
                                                 canary, n_candidates=127, seed=1)

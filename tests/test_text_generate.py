@@ -102,17 +102,24 @@ def test_sample_writes_every_narrative_with_flags_reproducibly(records) -> None:
 
 
 def test_save_and_load_round_trip(records, tmp_path) -> None:
-    model = NarrativeModel(SCHEMA, epsilon=None, config=CONFIG, device="cpu")
+    model = NarrativeModel(SCHEMA, epsilon=None, config=CONFIG, device="cpu", max_grad_norm=0.7)
     model.train_steps(records, 3)
-    assert all(np.abs(w).sum() > 0 for w in model.get_weights())
+    weights = model.get_weights()
+    assert weights and all(".lora_B." in name for name in weights)  # FFA-LoRA: B only, by name
+    assert all(np.abs(w).sum() > 0 for w in weights.values())
     model.save(tmp_path / "model")
     assert (tmp_path / "model" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "model" / "adapter" / "adapter_model.safetensors").is_file()
     meta = json.loads((tmp_path / "model" / "narrative.json").read_text())
     assert meta["config"]["base"] == "tiny" and meta["schema_hash"] == SCHEMA.hash
+    assert meta["max_grad_norm"] == 0.7 and "dp_seed" not in meta["config"]
+    assert "noise_seed" not in meta  # a known seed would let anyone remove the noise
     loaded = NarrativeModel.load(tmp_path / "model", device="cpu")
-    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert loaded.max_grad_norm == 0.7 and loaded.noise_seed is None
+    loaded_weights = loaded.get_weights()
+    assert set(loaded_weights) == set(weights)
+    for name, array in weights.items():
+        np.testing.assert_array_equal(loaded_weights[name], array)
     synthetic = records.drop(columns=["narrative"]).head(3)
     pd.testing.assert_frame_equal(model.sample(synthetic, seed=1), loaded.sample(synthetic, seed=1))
 

@@ -57,6 +57,11 @@ def test_only_b_travels_and_a_comes_from_the_shared_seed() -> None:
     assert travelling and all(".lora_B." in name for name in travelling)
     assert len(travelling) == 2 * 2  # q_proj and v_proj in each of 2 layers
     assert all(p.abs().sum() == 0 for p in trainable_adapter(one).values())  # B starts at zero
+    sent = get_adapter_weights(one)  # what leaves the site: peft's names, without the adapter's
+    assert sorted(sent) == sorted(name.replace(".default.", ".") for name in travelling)
+    assert all(".lora_B." in name and ".default." not in name for name in sent)
+    assert all(sent[name.replace(".default.", ".")].shape == tuple(p.shape)
+               for name, p in trainable_adapter(one).items())
     a_one = {n: p for n, p in one.named_parameters() if ".lora_A." in n}
     a_two = dict(two.named_parameters())
     assert a_one and all(not p.requires_grad for p in a_one.values())
@@ -72,8 +77,10 @@ def test_fedavg_of_b_equals_the_average_of_the_sites_updates() -> None:
     counts = [train_site(m, tok, profile, seed) for (m, tok), profile, seed
               in zip(sites, ["urban_trauma", "rural", "paediatric"], [1, 2, 3], strict=True)]
     updates = [get_adapter_weights(m) for m, _ in sites]
-    assert all(np.abs(u).sum() > 0 for u in updates[0])
-    assert not np.allclose(updates[0][0], updates[1][0])
+    assert all(set(u) == set(updates[0]) for u in updates)
+    assert all(np.abs(u).sum() > 0 for u in updates[0].values())
+    first = next(iter(updates[0]))
+    assert not np.allclose(updates[0][first], updates[1][first])
     weights = [c * w for c, w in zip(counts, [1.0, 2.0, 3.0], strict=True)]  # unequal on purpose
     global_model, tokenizer = site_model()
     set_adapter_weights(global_model, weighted_average(updates, weights))
@@ -115,13 +122,23 @@ def test_plain_lora_sends_a_too_and_its_average_is_not_exact() -> None:
     assert not torch.allclose(layer.get_delta_weight("default"), mean_update, atol=1e-6)
 
 
-def test_set_weights_checks_count_and_shapes() -> None:
+def test_set_weights_checks_names_and_shapes_and_round_trips() -> None:
     model, _ = site_model()
     weights = get_adapter_weights(model)
-    with pytest.raises(ValueError, match="expected 4"):
-        set_adapter_weights(model, weights[:-1])
+    assert len(weights) == 4
+    with pytest.raises(ValueError, match="expected the adapter arrays"):
+        set_adapter_weights(model, dict(list(weights.items())[:-1]))
+    with pytest.raises(ValueError, match="expected the adapter arrays"):
+        set_adapter_weights(model, {name.replace("lora_B", "lora_A"): w for name, w in weights.items()})
     with pytest.raises(ValueError, match="expected shape"):
-        set_adapter_weights(model, [w.T for w in weights])
+        set_adapter_weights(model, {name: w.T for name, w in weights.items()})
+    rng = np.random.default_rng(0)
+    new = {name: rng.normal(size=w.shape).astype(w.dtype) for name, w in weights.items()}
+    set_adapter_weights(model, new)
+    got = get_adapter_weights(model)
+    assert set(got) == set(new)
+    for name, array in new.items():
+        np.testing.assert_allclose(got[name], array, rtol=1e-6)
 
 
 def test_conv1d_targets_are_refused() -> None:

@@ -27,22 +27,25 @@ CONFIG = {
     "batch_size": 8,
     "lr": 1e-2,
     "max_target_tokens": 64,
-    "dp_seed": 3,
     "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                 "down_proj"]},
     "sampling": {"temperature": 0.5, "max_new_tokens": 48, "batch_size": 8, "retries": 3},
 }
 STEPS = 40
+NOISE_SEED = 3  # the DP run's noise and batches: a privacy setting, not part of the config
 
 
 @pytest.mark.integration
 def test_smollm2_writes_narratives_that_name_the_mechanism() -> None:
     site = simulate_site("community", 200, 0, "A")
 
-    private = NarrativeModel(SCHEMA, epsilon=3.0, config=CONFIG, device="cpu")
+    private = NarrativeModel(SCHEMA, epsilon=3.0, config=CONFIG, device="cpu", noise_seed=NOISE_SEED)
     private.plan(len(site), 2)
     assert 0 < private.train_steps(site, 2) <= 3.0
-    assert private.get_weights()[0].shape == (576, 8)  # B of layer 0's q_proj: 576 x r
+    weights = private.get_weights()
+    assert len(weights) == 7 * 30 and all(".lora_B." in name for name in weights)  # 7 targets x 30 layers
+    # B of layer 0's q_proj: 576 x r
+    assert weights["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].shape == (576, 8)
     del private
 
     model = NarrativeModel(SCHEMA, epsilon=None, config=CONFIG, device="cpu", seed=1)

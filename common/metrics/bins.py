@@ -4,8 +4,10 @@ each modeled column (real test split vs synthetic) and a column-association matr
 Bins come from the schema only (public bounds, code lists), never from data, so every site bins
 alike and no bin edge reveals a record. A cell under ``MIN_CELL`` records is suppressed (null),
 and more cells are suppressed until the suppressed cells of a histogram hold either no records or
-at least ``MIN_CELL`` in all: the split's size is published, so a lone suppressed cell could
-otherwise be recovered by subtraction (BRIEF, privacy rules: no cell under 10 records).
+at least ``MIN_CELL`` in all: a lone suppressed cell could otherwise be recovered by subtraction
+(BRIEF, privacy rules: no cell under 10 records). The real side's shown cells and its size are
+then rounded to a multiple of ten (``common.privacy.disclosure``), so the cells do not add up to
+the split's exact size either.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import numpy as np
 import pandas as pd
 
 from common.metrics.features import modeled, unit_interval
+from common.privacy.disclosure import MIN_CELL, rounded
 from common.schema import Column, Schema
 
-MIN_CELL = 10
 NUMERIC_BINS = 10  # equal-width bins over the public bounds
 MAX_VALUE_BINS = 12  # an integer column with at most this many values gets one bin per value
 MISSING = "missing"
 SUPPRESSION_NOTE = (f"Cells with fewer than {MIN_CELL} records are suppressed (null), real and "
                     f"synthetic alike, and further cells until the suppressed ones hold 0 or at "
-                    f"least {MIN_CELL} records together; bins come from the schema, not the data.")
+                    f"least {MIN_CELL} records together; the real counts shown and the split's size "
+                    f"are rounded to a multiple of {MIN_CELL}; bins come from the schema, not the data.")
 
 
 def suppress(counts: Sequence[int]) -> list[int | None]:
@@ -84,16 +87,17 @@ def _bins(col: Column) -> tuple[list[str], np.ndarray]:
 
 
 def histograms(real: pd.DataFrame, synth: pd.DataFrame, schema: Schema) -> dict[str, dict[str, Any]]:
-    """Per modeled column: cell labels and suppressed real and synthetic counts, with the sizes the
-    counts are shares of (plot ``count / n``)."""
+    """Per modeled column: cell labels and suppressed real (rounded) and synthetic counts, with
+    the sizes the counts are shares of (plot ``count / n``)."""
     out = {}
     for col in schema.modeled_columns:
         sides = {}
         for side, frame in (("real", real), ("synthetic", synth)):
             codes, labels = cell_codes(frame[col.name], col)
             sides[side] = suppress(np.bincount(codes[codes >= 0], minlength=len(labels)))
+        sides["real"] = [None if c is None else rounded(c) for c in sides["real"]]
         out[col.name] = {"type": col.type, "cells": labels, **sides,
-                         "n_real": len(real), "n_synthetic": len(synth)}
+                         "n_real": rounded(len(real)), "n_synthetic": len(synth)}
     return out
 
 

@@ -1,9 +1,10 @@
 """One site's evaluation of a synthetic set (CONTRACT METRICS), and the federation's summary.
 
 This is what a site runs on data that never leaves it; the result holds aggregate figures only,
-rounded and JSON-able, with small cells suppressed (``bins.MIN_CELL``): per-class recall of a
-class with fewer than 10 test records is null, like a small histogram cell, and every class of the
-schema is listed, so that a null does not tell an absent class from a rare one. The plot data
+rounded and JSON-able, under the small-number rules (``common.privacy.disclosure``): sizes are
+rounded to a multiple of ten, the count of exact copies reads "<10" under ten, per-class recall
+of a class with fewer than 10 test records is null, like a small histogram cell, and every class
+of the schema is listed, so that a null does not tell an absent class from a rare one. The plot data
 (``bins.plot_data``) travels beside the METRICS, not inside them: the report keeps it under
 ``report["plots"][SITE]`` and ``fedsynth evaluate`` writes it under the key ``plots``.
 """
@@ -21,12 +22,13 @@ import pandas as pd
 
 from common.data import SPLITS, load_site_data, read_raw, stratified_split, validate_frame
 from common.errors import DataError, InputError
-from common.metrics.bins import MIN_CELL, plot_data
+from common.metrics.bins import plot_data
 from common.metrics.features import label_array
 from common.metrics.fidelity import fidelity_metrics
 from common.metrics.privacy import privacy_metrics
 from common.metrics.text import text_metrics
 from common.metrics.utility import utility_metrics
+from common.privacy.disclosure import MIN_CELL, rounded, small_count
 from common.schema import Schema
 
 DIGITS = 4  # figures are rounded to this many decimals: finer is noise at these sample sizes
@@ -67,10 +69,12 @@ def evaluate_site(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic:
     for key in RECALLS:  # every class of the schema: an absent class looks like a small one
         utility[key] = {c: utility[key][c] if support.get(c, 0) >= MIN_CELL else None
                         for c in schema.label.categories}
-    metrics = {"n_train": len(train), "n_test": len(test),
+    privacy = privacy_metrics(train, holdout, synthetic, schema, seed)
+    privacy["exact_copies"] = small_count(privacy["exact_copies"])
+    metrics = {"n_train": rounded(len(train)), "n_test": rounded(len(test)),
                "fidelity": fidelity_metrics(test, synthetic, schema, seed),
                "utility": utility,
-               "privacy": privacy_metrics(train, holdout, synthetic, schema, seed),
+               "privacy": privacy,
                "text": text_metrics(schema, train, test, synthetic, seed)}
     return SiteEvaluation(jsonable(metrics), jsonable(plot_data(test, synthetic, schema)))
 
@@ -124,7 +128,8 @@ def load_synthetic(path: str | Path, schema: Schema) -> pd.DataFrame:
 def summarize(per_site: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The federation's METRICS from each site's: counts (``COUNTS``) summed, every other number
     the mean weighted by the site's ``n_test``, per-class dicts averaged class by class. A figure
-    that is null at some sites is averaged over the others; null everywhere stays null."""
+    that is null at some sites is averaged over the others; null everywhere stays null. A figure
+    that some site wrote "<10" has no known sum or mean: it is null."""
     if not per_site:
         raise ValueError("summarize needs at least one site's metrics")
     sites = list(per_site.values())
@@ -139,6 +144,8 @@ def _combine(values: Sequence[Any], weights: Sequence[float], key: str | None) -
         names = dict.fromkeys(name for v, _ in present for name in v)
         return {name: _combine([v.get(name) for v, _ in present], [w for _, w in present], name)
                 for name in names}
+    if any(isinstance(v, str) for v, _ in present):  # "<10" somewhere: no known sum or mean
+        return None
     if key in COUNTS:
         return sum(int(v) for v, _ in present)
     total = sum(w for _, w in present)

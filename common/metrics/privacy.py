@@ -30,11 +30,13 @@ _BLOCK_CELLS = 4_000_000  # (query, reference, column) cells per block of the di
 
 
 def exact_copies(train: pd.DataFrame, synth: pd.DataFrame, schema: Schema) -> int:
-    """Synthetic rows equal to some train row on every modeled column (missing equals missing).
-    Modeled columns are never text, so this is every non-text column the generators learn."""
+    """Distinct synthetic rows equal to some train row on every modeled column (missing equals
+    missing). Modeled columns are never text, so this is every non-text column the generators
+    learn. Distinct: a row repeated ten times is one memorised record, and ten planted copies of
+    a guessed record must not turn the count into a membership test."""
     keys = [pd.util.hash_pandas_object(sdmetrics_frame(modeled(frame, schema), schema), index=False)
             for frame in (train, synth)]
-    return int(np.isin(keys[1].to_numpy(), keys[0].to_numpy()).sum())
+    return int(np.isin(np.unique(keys[1].to_numpy()), keys[0].to_numpy()).sum())
 
 
 def dcr_overfitting_protection(train: pd.DataFrame, holdout: pd.DataFrame, synth: pd.DataFrame,

@@ -25,8 +25,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
-from common.metrics.bins import MIN_CELL
 from common.metrics.features import label_array
+from common.privacy.disclosure import MIN_CELL, SMALL
 from common.schema import Schema
 
 if TYPE_CHECKING:
@@ -78,7 +78,14 @@ def text_metrics(schema: Schema, train: pd.DataFrame, test: pd.DataFrame, synthe
             "distinct_2": distinct_n(synth_sample, 2),
             "real_distinct_2": distinct_n(test_sample, 2),
             "canary_exposure_bits": None,
-            "train_8gram_share": ngram_overlap(synth_text, train_text)["with_overlap"] / len(synth_text)}
+            "train_8gram_share": _share_or_small(ngram_overlap(synth_text, train_text)["with_overlap"],
+                                                 len(synth_text))}
+
+
+def _share_or_small(count: int, total: int) -> float | str:
+    """A share of records that may leave the site: "<10" when fewer than ten records make it
+    (the number of synthetic narratives is public, so the share would give the count)."""
+    return SMALL if count < MIN_CELL else count / total
 
 
 def written(frame: pd.DataFrame, schema: Schema) -> tuple[list[str], np.ndarray]:

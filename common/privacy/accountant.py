@@ -29,12 +29,17 @@ MAX_NOISE_MULTIPLIER = 1e4
 _RELATIVE_TOLERANCE = 1e-5
 
 
-def default_delta(n_records: int) -> float:
-    """delta <= 1/(10 n): a mechanism that leaks one whole record with probability delta must not
-    be expected to leak anyone's record."""
-    if n_records < 1:
-        raise ValueError(f"n_records must be positive, got {n_records}")
-    return min(1e-5, 1.0 / (10 * n_records))
+def delta_for_bound(max_records: int) -> float:
+    """delta <= 1/(10 N) for a public upper bound N on the record count: a mechanism that leaks
+    one whole record with probability delta must not be expected to leak anyone's record. Never
+    computed from the count itself: the delta is published, so it would publish the count."""
+    if max_records < 1:
+        raise ValueError(f"max_records must be positive, got {max_records}")
+    return min(1e-5, 1.0 / (10 * max_records))
+
+
+DEFAULT_MAX_RECORDS = 10_000  # the public bound a site assumes unless it sets its own
+DEFAULT_DELTA = delta_for_bound(DEFAULT_MAX_RECORDS)
 
 
 def _entry(noise_multiplier: float, sample_rate: float, steps: int) -> Entry:
@@ -102,10 +107,6 @@ class PrivacyAccountant:
         """Epsilon if ``steps`` more releases were recorded (nothing is recorded)."""
         return _epsilon_of_rdp(_rdp([*self.history, _entry(noise_multiplier, sample_rate, steps)]),
                                delta)
-
-    def would_exceed(self, noise_multiplier: float, sample_rate: float, steps: int,
-                     target_epsilon: float, delta: float) -> bool:
-        return self.epsilon_after(noise_multiplier, sample_rate, steps, delta) > target_epsilon
 
     def to_dict(self) -> dict[str, Any]:
         return {"mechanism": "rdp", "history": [list(e) for e in self.history]}

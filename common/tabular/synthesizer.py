@@ -25,17 +25,16 @@ from common.data import parse_column
 from common.encoding import TableEncoder
 from common.errors import InputError
 from common.fileio import atomic_write_text
-from common.privacy.accountant import PrivacyAccountant, default_delta
-from common.privacy.budget import PrivacyBudget
+from common.privacy.accountant import DEFAULT_DELTA, Entry
 from common.privacy.counts import counts_release, label_distribution, release_counts
 from common.privacy.ledger import Ledger
-from common.privacy.planned import PlannedBudget
+from common.privacy.planned import PlannedBudget, planned_releases
 from common.saved_model import read_model_folder
 from common.schema import Schema
 from common.tabular.base import TabularModel
-from common.tabular.label_stats import label_tables, sensitivity
-from common.tabular.trainer import Proximal, Trainer, resolve_device, sample_rate
-from fedsynth import __version__
+from common.tabular.label_stats import cells, label_tables, sensitivity
+from common.tabular.trainer import Proximal, Trainer, resolve_device
+from common.version import __version__
 
 MODEL_CLASSES: dict[str, str] = {"vae": "common.tabular.vae:TabularVAE",
                                  "ddpm": "common.tabular.ddpm:TabDDPM"}
@@ -43,11 +42,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "batch_size": 256,        # expected Poisson batch; sampling rate = 1/ceil(n/batch_size)
     "steps": 2000,            # optimizer steps of fit()
     "lr": 1e-3,
-    "max_grad_norm": 1.0,     # per-sample clipping bound C
     "counts_fraction": None,  # share of epsilon for the label statistics; None: 0.5 with
                               # class-conditional tables (VAE), 0.1 for the label counts alone
     "max_draws_per_record": 200,  # rejection sampling gives up beyond this many candidates/record
-    "dp_seed": None,          # seeds DP sampling and noise; None = OS entropy (keep it so)
     "model": {},              # keyword arguments of the model class
 }
 FILES = {"state": "tabular.pt", "schema": "schema.yaml", "meta": "tabular.json"}
@@ -61,36 +58,32 @@ class TabularSynthesizer(PlannedBudget):
     ``ledger`` is where this site's spends are logged (a path, a Ledger, or None for memory only:
     tests and benchmarks), under ``name`` (default ``tabular-KIND``): another model of the same
     site, such as its local-only baseline, keeps its own budget and accountant in the same ledger.
-    ``seed`` fixes model initialisation (and batches when not private).
+    ``seed`` fixes model initialisation (and batches when not private). The privacy settings
+    (``epsilon``, ``delta``, the clipping bound ``max_grad_norm``, ``noise_seed``: None draws the
+    DP noise from OS entropy, an integer only for reproducible tests and benchmarks) belong to
+    whoever holds the data, never to ``config``, which in a federation is the coordinator's.
     """
 
     def __init__(self, schema: Schema, kind: str = "vae", epsilon: float | None = 3.0,
-                 delta: float | None = None, config: Mapping[str, Any] | None = None,
+                 delta: float = DEFAULT_DELTA, config: Mapping[str, Any] | None = None,
                  device: str = "auto", seed: int = 0, ledger: str | Path | Ledger | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, noise_seed: int | None = None,
+                 max_grad_norm: float = 1.0) -> None:
         self.schema = schema
         self.kind = kind
         self.model_name = name or f"tabular-{kind}"  # this model's spends in the site's ledger
-        self.epsilon = None if epsilon is None else float(epsilon)
-        self.delta = delta
-        self.config = _resolve_config(config)
+        self.config = resolve_config(config)
         self.device = resolve_device(device)
         self.seed = seed
-        self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+        self._init_privacy(epsilon, delta, noise_seed, max_grad_norm, ledger)
         self.encoder = TableEncoder(schema)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = _model_class(kind)(self.encoder.spans, self.encoder.n_classes,
                                             **self.config["model"]).to(self.device)
-        self.budget: PrivacyBudget | None = None
         self.label_counts: np.ndarray | None = None  # what sampling draws labels from
         self._own_counts: np.ndarray | None = None  # this site's release, made once
         self._own_tables: np.ndarray | None = None  # its class-conditional tables (same release)
-        self._saved_accountant: PrivacyAccountant | None = None  # from a loaded state
-        self._plan: dict[str, Any] | None = None
-        self._trainer: Trainer | None = None
-        self._pending_trainer_state: dict[str, Any] | None = None
-        self.local_loss: float | None = None  # last round's mean loss: not private, stays here
 
     # --- training -------------------------------------------------------------------------
     def fit(self, df: pd.DataFrame, steps: int | None = None) -> TabularSynthesizer:
@@ -102,30 +95,21 @@ class TabularSynthesizer(PlannedBudget):
         self.train_steps(df, steps)
         return self
 
-    def plan(self, n_records: int, planned_steps: int) -> float | None:
-        """Fix delta and calibrate the noise once for every step of every round (and the label
-        counts if not yet released). Returns the noise multiplier (None without DP)."""
-        if self._plan is not None:
-            if (self._plan["n_records"], self._plan["planned_steps"]) != (n_records, planned_steps):
-                raise InputError(f"the run is already planned for {self._plan['n_records']} records "
-                                 f"and {self._plan['planned_steps']} steps; the noise is calibrated "
-                                 f"once for the whole run. Keep the plan or start a new model.")
-            return self._plan["noise_multiplier"]
-        if n_records < 1 or planned_steps < 1:
-            raise InputError(f"plan needs at least one record and one step (got {n_records} "
-                             f"records, {planned_steps} steps).")
-        plan: dict[str, Any] = {"n_records": int(n_records), "planned_steps": int(planned_steps),
-                                "noise_multiplier": None, "counts_noise": None}
-        if self.private:
-            self.delta = self.delta if self.delta is not None else default_delta(n_records)
-            self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
-            counts = counts_release(self.counts_fraction * self.epsilon, self.delta)
-            reserved = [] if self._own_counts is not None else [counts]
-            q = sample_rate(n_records, self.config["batch_size"])
-            plan["counts_noise"] = counts[0]
-            plan["noise_multiplier"] = self.budget.calibrate(q, planned_steps, reserved)
-        self._plan = plan
-        return plan["noise_multiplier"]
+    def _reserved_releases(self, plan: dict[str, Any]) -> list[Entry]:
+        """The label statistics' release, unless it was made already."""
+        counts = counts_release(self.counts_fraction * self.epsilon, self.delta)
+        plan["counts_noise"] = counts[0]
+        return [] if self._own_counts is not None else [counts]
+
+    @staticmethod
+    def planned_releases(kind: str, config: Mapping[str, Any] | None, epsilon: float, delta: float,
+                         n_records: int, planned_steps: int) -> list[Entry]:
+        """What ``plan`` will release, without building the model: the label statistics and
+        ``planned_steps`` DP-SGD steps (a site checks a whole run against its cap with it)."""
+        config = resolve_config(config)
+        share = _counts_fraction(config, hasattr(_model_class(kind), "init_from_label_tables"))
+        return planned_releases(epsilon, delta, n_records, config["batch_size"], planned_steps,
+                                [counts_release(share * epsilon, delta)])
 
     @property
     def uses_label_tables(self) -> bool:
@@ -133,9 +117,13 @@ class TabularSynthesizer(PlannedBudget):
         return hasattr(self.model, "init_from_label_tables")
 
     @property
+    def label_table_width(self) -> int | None:
+        """Cells per class of the class-conditional tables (None: the model does not use them)."""
+        return sum(cells(span) for span in self.encoder.spans) if self.uses_label_tables else None
+
+    @property
     def counts_fraction(self) -> float:
-        configured = self.config["counts_fraction"]
-        return configured if configured is not None else 0.5 if self.uses_label_tables else 0.1
+        return _counts_fraction(self.config, self.uses_label_tables)
 
     def release_label_counts(self, df: pd.DataFrame, round: int | None = None) -> np.ndarray:
         """The label statistics that may leave the site, DP (charged once) when private, exact
@@ -151,7 +139,7 @@ class TabularSynthesizer(PlannedBudget):
                 exact = np.concatenate([exact, tables.ravel()])
             if self.private:
                 self._require_plan()
-                rng = np.random.default_rng(self.config["dp_seed"])
+                rng = np.random.default_rng(self.noise_seed)  # None: OS entropy
                 note = "label counts + class tables" if tables is not None else "label counts"
                 exact = release_counts(exact, self.budget, self._plan["counts_noise"], rng,
                                        sensitivity(spans) if tables is not None else 1.0, round,
@@ -204,18 +192,19 @@ class TabularSynthesizer(PlannedBudget):
         return self._build_trainer(lambda **kw: Trainer(self.model, x, y, **kw))
 
     # --- federated weights ----------------------------------------------------------------
-    def get_weights(self) -> list[np.ndarray]:
-        return [t.detach().cpu().numpy().copy() for t in self.model.state_dict().values()]
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """What a round sends: the model's state dict, by parameter name."""
+        return {name: t.detach().cpu().numpy().copy() for name, t in self.model.state_dict().items()}
 
-    def set_weights(self, weights: list[np.ndarray]) -> None:
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         state = self.model.state_dict()
-        if len(weights) != len(state):
-            raise ValueError(f"expected {len(state)} arrays, got {len(weights)}")
+        if set(weights) != set(state):
+            raise ValueError(f"expected the arrays {sorted(state)}, got {sorted(weights)}")
         new = {}
-        for (name, old), array in zip(state.items(), weights, strict=True):
-            if tuple(np.shape(array)) != tuple(old.shape):
-                raise ValueError(f"{name}: expected shape {tuple(old.shape)}, got {np.shape(array)}")
-            new[name] = torch.as_tensor(np.asarray(array), dtype=old.dtype)
+        for name, old in state.items():
+            if tuple(np.shape(weights[name])) != tuple(old.shape):
+                raise ValueError(f"{name}: expected shape {tuple(old.shape)}, got {np.shape(weights[name])}")
+            new[name] = torch.as_tensor(np.asarray(weights[name]), dtype=old.dtype)
         self.model.load_state_dict(new)
 
     # --- sampling -------------------------------------------------------------------------
@@ -300,7 +289,8 @@ class TabularSynthesizer(PlannedBudget):
         _atomic_torch_save(self.state_dict(), folder / FILES["state"])
         atomic_write_text(folder / FILES["schema"], self.schema.to_yaml())
         meta = {"kind": self.kind, "config": self.config, "epsilon": self.epsilon,
-                "delta": self.delta, "epsilon_spent": self.epsilon_spent(),
+                "delta": self.delta, "max_grad_norm": self.max_grad_norm,
+                "epsilon_spent": self.epsilon_spent(),
                 "fedsynth_version": __version__, "schema_hash": self.schema.hash}
         atomic_write_text(folder / FILES["meta"], json.dumps(meta, indent=2) + "\n")
 
@@ -338,7 +328,7 @@ def _as_array(values: list[float] | None) -> np.ndarray | None:
     return None if values is None else np.asarray(values, dtype=np.float64)
 
 
-def _resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     config = dict(config or {})
     unknown = sorted(set(config) - set(DEFAULT_CONFIG))
     if unknown:
@@ -351,6 +341,11 @@ def _resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     except TypeError as exc:
         raise InputError(f"the tabular config must hold plain values (numbers, strings, lists, "
                          f"mappings): {exc}.") from None
+
+
+def _counts_fraction(config: Mapping[str, Any], uses_label_tables: bool) -> float:
+    configured = config["counts_fraction"]
+    return configured if configured is not None else 0.5 if uses_label_tables else 0.1
 
 
 def _model_class(kind: str) -> type[TabularModel]:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -74,16 +75,20 @@ def trainable_adapter(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def get_adapter_weights(model: nn.Module) -> list[np.ndarray]:
-    return [p.detach().float().cpu().numpy().copy() for p in trainable_adapter(model).values()]
+def get_adapter_weights(model: PeftModel) -> dict[str, np.ndarray]:
+    """The adapter matrices that travel (B under FFA-LoRA), from peft's own state dict and by its
+    names (no adapter name in them), as ``set_peft_model_state_dict`` takes them back."""
+    travelling = {name.replace(f".{model.active_adapter}.", ".") for name in trainable_adapter(model)}
+    return {name: tensor.detach().float().cpu().numpy().copy()
+            for name, tensor in get_peft_model_state_dict(model).items() if name in travelling}
 
 
-def set_adapter_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
-    params = trainable_adapter(model)
-    if len(weights) != len(params):
-        raise ValueError(f"expected {len(params)} adapter arrays, got {len(weights)}")
-    with torch.no_grad():
-        for (name, param), array in zip(params.items(), weights, strict=True):
-            if tuple(np.shape(array)) != tuple(param.shape):
-                raise ValueError(f"{name}: expected shape {tuple(param.shape)}, got {np.shape(array)}")
-            param.copy_(torch.as_tensor(np.asarray(array)))
+def set_adapter_weights(model: PeftModel, weights: Mapping[str, np.ndarray]) -> None:
+    current = get_adapter_weights(model)
+    if set(weights) != set(current):
+        raise ValueError(f"expected the adapter arrays {sorted(current)}, got {sorted(weights)}")
+    for name, array in weights.items():
+        if tuple(np.shape(array)) != current[name].shape:
+            raise ValueError(f"{name}: expected shape {current[name].shape}, got {np.shape(array)}")
+    set_peft_model_state_dict(model, {name: torch.as_tensor(np.asarray(array))
+                                      for name, array in weights.items()})

@@ -27,13 +27,12 @@ from safetensors.torch import load_file
 
 from common.errors import InputError
 from common.fileio import atomic_write_text
-from common.privacy.accountant import PrivacyAccountant, default_delta
-from common.privacy.budget import PrivacyBudget
+from common.privacy.accountant import DEFAULT_DELTA, Entry
 from common.privacy.ledger import Ledger
-from common.privacy.planned import PlannedBudget
+from common.privacy.planned import PlannedBudget, planned_releases
 from common.saved_model import read_model_folder
 from common.schema import Schema
-from common.tabular.trainer import resolve_device, sample_rate
+from common.tabular.trainer import resolve_device
 from common.text.base_models import load_base_model
 from common.text.canary import Canary, exposure, log_perplexities
 from common.text.consistency import ConsistencyChecker
@@ -42,7 +41,7 @@ from common.text.lora import LoraSettings, add_lora, get_adapter_weights, set_ad
 from common.text.serialize import RecordSerializer
 from common.text.tokens import encode_pairs
 from common.text.trainer import LoraTrainer
-from fedsynth import __version__
+from common.version import __version__
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "base": "smollm2",        # tiny | smollm2 | local:PATH (e.g. MedGemma 27B text-it)
@@ -51,10 +50,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "gate_columns": None,     # columns the gate checks; None = every column with synonyms
     "batch_size": 16,         # expected Poisson batch; sampling rate = 1/ceil(n/batch_size)
     "lr": 2e-3,
-    "max_grad_norm": 1.0,     # per-sample clipping bound C
     "max_target_tokens": 128,  # training targets are cut here
     "steps": 200,             # optimizer steps of fit()
-    "dp_seed": None,          # seeds DP sampling and noise; None = OS entropy (keep it so)
     "lora": asdict(LoraSettings()),
     "sampling": asdict(SamplingSettings()),
 }
@@ -69,24 +66,24 @@ class NarrativeModel(PlannedBudget):
     DP when ``epsilon`` is None (baselines, the canary control).
 
     ``ledger`` is the site's ledger (a path, a Ledger, or None for memory only), where this model
-    spends under ``name``. ``seed`` fixes the batches of a non-private run.
+    spends under ``name``. ``seed`` fixes the batches of a non-private run. The privacy settings
+    (``epsilon``, ``delta``, ``max_grad_norm``, ``noise_seed``) are the data holder's, as for
+    ``TabularSynthesizer``; ``config`` never holds them.
     """
 
-    def __init__(self, schema: Schema, epsilon: float | None = 3.0, delta: float | None = None,
+    def __init__(self, schema: Schema, epsilon: float | None = 3.0, delta: float = DEFAULT_DELTA,
                  config: Mapping[str, Any] | None = None, device: str = "auto",
                  ledger: str | Path | Ledger | None = None, name: str = LEDGER_NAME,
-                 seed: int = 0) -> None:
+                 seed: int = 0, noise_seed: int | None = None, max_grad_norm: float = 1.0) -> None:
         if schema.narrative is None:
             raise InputError(f"{schema.source}: the schema has no column with role narrative; "
                              f"there is no text to learn.")
         self.schema = schema
-        self.epsilon = None if epsilon is None else float(epsilon)
-        self.delta = delta
-        self.config = _resolve_config(config)
+        self.config = resolve_config(config)
         self.device = resolve_device(device)
         self.model_name = name  # this model's spends in the site's ledger
         self.seed = seed  # batches when not private
-        self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+        self._init_privacy(epsilon, delta, noise_seed, max_grad_norm, ledger)
         base, self.tokenizer = load_base_model(self.config["base"], schema=schema,
                                                dtype=_dtype(self.config["dtype"], self.device))
         self.lora = LoraSettings(**{**self.config["lora"],
@@ -95,12 +92,6 @@ class NarrativeModel(PlannedBudget):
         self.serializer = RecordSerializer(schema, self.config["fields"])
         self.checker = ConsistencyChecker(schema, self.config["gate_columns"])
         self.sampling = SamplingSettings(**self.config["sampling"])
-        self.budget: PrivacyBudget | None = None
-        self._saved_accountant: PrivacyAccountant | None = None
-        self._plan: dict[str, Any] | None = None
-        self._trainer: LoraTrainer | None = None
-        self._pending_trainer_state: dict[str, Any] | None = None
-        self.local_loss: float | None = None  # not private, stays at the site
         self.last_sample_stats: dict[str, float] = {}
 
     # --- training -------------------------------------------------------------------------
@@ -112,33 +103,22 @@ class NarrativeModel(PlannedBudget):
         self.train_steps(records, steps)
         return self
 
-    def plan(self, n_records: int, planned_steps: int) -> float | None:
-        """Fix delta and calibrate the noise once for every step of every round. Returns the
-        noise multiplier (None without DP)."""
-        if self._plan is not None:
-            if (self._plan["n_records"], self._plan["planned_steps"]) != (n_records, planned_steps):
-                raise InputError(f"the narrative run is already planned for "
-                                 f"{self._plan['n_records']} records and "
-                                 f"{self._plan['planned_steps']} steps; the noise is calibrated "
-                                 f"once for the whole run. Keep the plan or start a new model.")
-            return self._plan["noise_multiplier"]
-        if n_records < 1 or planned_steps < 1:
-            raise InputError(f"plan needs at least one record and one step (got {n_records} "
-                             f"records, {planned_steps} steps).")
-        noise = None
-        if self.private:
-            self.delta = self.delta if self.delta is not None else default_delta(n_records)
-            self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
-            noise = self.budget.calibrate(sample_rate(n_records, self.config["batch_size"]),
-                                          planned_steps)
-        self._plan = {"n_records": int(n_records), "planned_steps": int(planned_steps),
-                      "noise_multiplier": noise}
-        return noise
+    @staticmethod
+    def planned_releases(config: Mapping[str, Any] | None, epsilon: float, delta: float,
+                         n_records: int, planned_steps: int) -> list[Entry]:
+        """What ``plan`` will release, without loading the base model (a site checks a whole
+        run against its cap with it)."""
+        return planned_releases(epsilon, delta, n_records, resolve_config(config)["batch_size"],
+                                planned_steps)
 
-    def train_steps(self, records: pd.DataFrame, k: int, round: int | None = None) -> float | None:
+    def train_steps(self, records: pd.DataFrame, k: int, round: int | None = None,
+                    proximal_mu: float = 0.0) -> float | None:
         """Exactly ``k`` local steps on ``records`` (the same training split every round);
         refuses, training nothing, if they would exceed the budget. Returns epsilon spent so far
-        (None without DP)."""
+        (None without DP). FedProx (``proximal_mu`` > 0) is not built for the adapters."""
+        if proximal_mu:
+            raise InputError("FedProx (proximal_mu > 0) is not supported for the narrative "
+                             "adapters; set it to 0 for the text stage.")
         if self._plan is None and not self.private:
             self.plan(len(records), k)
         self._require_plan()
@@ -158,11 +138,12 @@ class NarrativeModel(PlannedBudget):
                                                             self.tokenizer.pad_token_id, **kw))
 
     # --- federated weights ----------------------------------------------------------------
-    def get_weights(self) -> list[np.ndarray]:
-        """What leaves the site: the trained adapter matrices (B only under FFA-LoRA)."""
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """What leaves the site: the trained adapter matrices (B only under FFA-LoRA), by peft's
+        names."""
         return get_adapter_weights(self.model)
 
-    def set_weights(self, weights: list[np.ndarray]) -> None:
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         set_adapter_weights(self.model, weights)
 
     # --- generation -----------------------------------------------------------------------
@@ -213,7 +194,8 @@ class NarrativeModel(PlannedBudget):
         """What a site needs to continue after a restart: adapter, plan, optimizer and the
         accountant history (checked against the ledger on load)."""
         return {"config": self.config,
-                "adapter": [torch.as_tensor(w) for w in self.get_weights()], **self._privacy_state()}
+                "adapter": {name: torch.as_tensor(w) for name, w in self.get_weights().items()},
+                **self._privacy_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore into a model that has not trained yet (training hooks are attached once)."""
@@ -223,7 +205,7 @@ class NarrativeModel(PlannedBudget):
         if state["config"] != self.config:
             raise InputError(f"the saved narrative state has config {state['config']}; build the "
                              f"model with the same config.")
-        self.set_weights([t.numpy() for t in state["adapter"]])
+        self.set_weights({name: t.numpy() for name, t in state["adapter"].items()})
         self._restore_privacy_state(state)
 
     def save(self, folder: str | Path) -> None:
@@ -234,6 +216,7 @@ class NarrativeModel(PlannedBudget):
         self.model.save_pretrained(folder / FILES["adapter"])
         atomic_write_text(folder / FILES["schema"], self.schema.to_yaml())
         meta = {"config": self.config, "epsilon": self.epsilon, "delta": self.delta,
+                "max_grad_norm": self.max_grad_norm,
                 "epsilon_spent": self.epsilon_spent(), "fedsynth_version": __version__,
                 "schema_hash": self.schema.hash}
         atomic_write_text(folder / FILES["meta"], json.dumps(meta, indent=2) + "\n")
@@ -244,7 +227,7 @@ class NarrativeModel(PlannedBudget):
         folder = Path(folder)
         meta, schema = read_model_folder(folder, FILES, "narrative model")
         model = cls(schema, epsilon=meta["epsilon"], delta=meta["delta"], config=meta["config"],
-                    device=device, ledger=ledger)
+                    device=device, ledger=ledger, max_grad_norm=meta.get("max_grad_norm", 1.0))
         set_peft_model_state_dict(model.model,
                                   load_file(folder / FILES["adapter"] / "adapter_model.safetensors"))
         return model
@@ -270,7 +253,7 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def _resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Defaults filled in (nested for ``lora`` and ``sampling``); JSON types only, as it is saved."""
     config = dict(config or {})
     unknown = sorted(set(config) - set(DEFAULT_CONFIG))

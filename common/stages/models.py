@@ -1,0 +1,91 @@
+"""The model families a plan may name, and what the stages need of each: build the facade (with
+the site's privacy settings, or none at the coordinator), the records it learns from, and what its
+plan will release (for a site's upfront check against its lifetime cap).
+
+A facade trains in rounds with ``plan``, ``train_steps``, ``get_weights`` / ``set_weights`` (named
+arrays), ``state_dict`` / ``load_state_dict``, and is released with ``save``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from common.privacy.accountant import DEFAULT_DELTA, Entry
+from common.privacy.ledger import Ledger
+from common.run_plan import ModelSpec, PlanRefused
+from common.schema import Schema
+from common.tabular.synthesizer import TabularSynthesizer, resolve_config
+
+
+class TabularFamily:
+    """The tabular generators (``vae``, ``ddpm``): they learn from the whole train split."""
+
+    kinds = ("vae", "ddpm")
+
+    def build(self, schema: Schema, spec: ModelSpec, seed: int, epsilon: float | None = None,
+              delta: float = DEFAULT_DELTA, noise_seed: int | None = None, max_grad_norm: float = 1.0,
+              ledger: Ledger | None = None, name: str | None = None) -> Any:
+        return TabularSynthesizer(schema, kind=spec.kind, epsilon=epsilon, delta=delta,
+                                  config=spec.config, seed=seed, ledger=ledger, name=name,
+                                  noise_seed=noise_seed, max_grad_norm=max_grad_norm)
+
+    def records(self, train: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+        return train
+
+    def planned(self, spec: ModelSpec, epsilon: float, delta: float, n_records: int,
+                steps: int) -> list[Entry]:
+        return TabularSynthesizer.planned_releases(spec.kind, spec.config, epsilon, delta,
+                                                   n_records, steps)
+
+    def check(self, spec: ModelSpec) -> None:
+        resolve_config(spec.config)
+
+
+class TextFamily:
+    """The narrative model (``lora``): it learns from the train records that have a narrative.
+    (Its module loads transformers, seconds of start-up: imported only when a plan has text.)"""
+
+    kinds = ("lora",)
+
+    def build(self, schema: Schema, spec: ModelSpec, seed: int, epsilon: float | None = None,
+              delta: float = DEFAULT_DELTA, noise_seed: int | None = None, max_grad_norm: float = 1.0,
+              ledger: Ledger | None = None, name: str | None = None) -> Any:
+        from common.text.narrative_model import NarrativeModel
+
+        return NarrativeModel(schema, epsilon=epsilon, delta=delta, config=spec.config, seed=seed,
+                              ledger=ledger, name=name or spec.ledger_name, noise_seed=noise_seed,
+                              max_grad_norm=max_grad_norm)
+
+    def records(self, train: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+        if schema.narrative is None:
+            raise PlanRefused(f"the plan trains a narrative model, but the schema {schema.name} has "
+                              f"no narrative column.")
+        text = train[schema.narrative.name].astype("string")
+        return train[text.notna() & (text.str.strip() != "")]
+
+    def planned(self, spec: ModelSpec, epsilon: float, delta: float, n_records: int,
+                steps: int) -> list[Entry]:
+        from common.text.narrative_model import NarrativeModel
+
+        return NarrativeModel.planned_releases(spec.config, epsilon, delta, n_records, steps)
+
+    def check(self, spec: ModelSpec) -> None:
+        from common.text.narrative_model import resolve_config
+
+        resolve_config(spec.config)
+
+
+FAMILIES: dict[str, TabularFamily | TextFamily] = {"tabular": TabularFamily(), "text": TextFamily()}
+
+
+def family_of(spec: ModelSpec) -> TabularFamily | TextFamily:
+    """The family of ``spec``, refusing a plan that names an unknown family, kind or config."""
+    family = FAMILIES.get(spec.family)
+    if family is None or spec.kind not in family.kinds:
+        known = ", ".join(f"{name} ({'/'.join(f.kinds)})" for name, f in FAMILIES.items())
+        raise PlanRefused(f"the plan names a {spec.family} model of kind {spec.kind!r}; this site "
+                          f"trains {known}.")
+    return family
+

@@ -1,0 +1,111 @@
+"""A site's part of evaluating the release: metered, so that it is no membership oracle.
+
+The coordinator first announces the release by its SHA-256 (``announce``), then sends the set
+itself (``score``). A site scores only a run it trained in, one announced release per run, once:
+a set that does not match the announcement, or any second request, is refused. Every refusal
+and every scored release goes to the account's audit trail. A release must hold at least
+``MIN_DISTINCT`` distinct records, and the figures follow the small-number rules
+(``common.privacy.disclosure``), so copies of one guessed record learn nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from typing import Any
+
+import pandas as pd
+
+from common.fileio import atomic_write_text
+from common.metrics.evaluate import evaluate_site, load_synthetic
+from common.run_plan import RequestRefused
+from common.stages.base import Payload
+from common.stages.site import SiteRun
+
+MIN_DISTINCT = 100
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+ANNOUNCED, SCORED = "announced.json", "scored.json"
+
+
+def announce(run: SiteRun, request: Payload) -> Payload:
+    """Record the hash of the run's release; refuse a second, different one."""
+    sha = str(request.values.get("sha256", ""))
+    if not _SHA256.match(sha):
+        raise RequestRefused(f"the announcement carries no SHA-256 of the release (got {sha[:70]!r}).")
+    if not run.ledger.read(run=run.plan.run):
+        raise _refused(run, f"the site scores only the release of a run it trained in, and run "
+                            f"{run.plan.run!r} made no release from its data.")
+    path = run.folder / ANNOUNCED
+    if path.exists():
+        announced = json.loads(path.read_text(encoding="utf-8"))["sha256"]
+        if announced != sha:
+            raise _refused(run, f"run {run.plan.run!r} already announced release {announced[:12]}; a "
+                                f"site scores one release per run (this one is {sha[:12]}).")
+    else:
+        atomic_write_text(path, json.dumps({"sha256": sha, "time": time.time()}) + "\n")
+        run.account.record("announced", run.plan.run, sha)
+    return Payload(values={"announced": sha})
+
+
+def score(run: SiteRun, request: Payload) -> Payload:
+    """Score the announced release (and, when the site allows it, its local-only baseline) on
+    the site's held-out data, once; the figures and the site's DP accounting go back."""
+    data = request.blobs.get("release", b"")
+    sha = hashlib.sha256(data).hexdigest()
+    path = run.folder / ANNOUNCED
+    if not path.exists():
+        raise _refused(run, f"no release was announced for run {run.plan.run!r}; the site scores "
+                            f"only a release announced by its SHA-256 first.")
+    announced = json.loads(path.read_text(encoding="utf-8"))["sha256"]
+    if sha != announced:
+        raise _refused(run, f"the set sent ({sha[:12]}) is not the release announced for run "
+                            f"{run.plan.run!r} ({announced[:12]}).")
+    if (run.folder / SCORED).exists():
+        raise _refused(run, f"run {run.plan.run!r}'s release {sha[:12]} was already scored by this "
+                            f"site; a site scores a release once.")
+    synthetic = _received(run, data)
+    distinct = len(synthetic.drop_duplicates())
+    if distinct < MIN_DISTINCT:
+        raise _refused(run, f"the release holds {distinct} distinct record(s); a site scores "
+                            f"releases of at least {MIN_DISTINCT}.")
+    seed = int(request.values.get("seed", run.plan.seed))
+    scores: dict[str, Any] = {"federated": evaluate_site(run.schema, run.splits, synthetic, seed).to_json()}
+    n_local = int(request.values.get("local_only_records", 0))
+    if run.local_only and n_local > 0:
+        local = local_only_synthetic(run, n_local, seed)
+        scores["local_only"] = evaluate_site(run.schema, run.splits, local, seed).to_json()
+    reply = Payload(values={"scores": scores, "spend": run.spends()})
+    atomic_write_text(run.folder / SCORED, json.dumps({"sha256": sha, "time": time.time()}) + "\n")
+    run.account.record("scored", run.plan.run, sha)  # both before the figures leave
+    return reply
+
+
+def local_only_synthetic(run: SiteRun, n_records: int, seed: int) -> pd.DataFrame:
+    """``n_records`` from the local-only baseline: the plan's tabular model trained at this site
+    alone, with its share of the budget, the same total steps and initial weights, once (a
+    restart samples the saved model), under its own name in the ledger. It never leaves the site."""
+    name = run.local_only_model
+    model = run.model(name, local=True)
+    if not run.has_model(name, local=True):
+        model.fit(run.records(name), steps=run.plan.planned_steps(name))
+        run.save_model(model)
+    return model.sample(n_records, seed=seed)
+
+
+def _received(run: SiteRun, data: bytes) -> pd.DataFrame:
+    """The release as a typed frame, checked against the schema like any file: a site does not
+    trust what arrives."""
+    path = run.folder / ".received.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    try:
+        return load_synthetic(path, run.schema)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _refused(run: SiteRun, reason: str) -> RequestRefused:
+    run.account.record("refused", run.plan.run, reason)
+    return RequestRefused(reason)
