@@ -53,7 +53,7 @@ def _size(v: Any) -> bool:
 
 
 def _small(v: Any) -> bool:
-    return v == SMALL or (_size(v) and v >= MIN_CELL)
+    return v is None or v == SMALL or (_size(v) and v >= MIN_CELL)
 
 
 def _cells(v: Any) -> bool:
@@ -115,6 +115,8 @@ REPLIES: dict[str, Declared] = {
     "query.handshake": Declared(values={"site": PUBLIC, "version": PUBLIC}),
     "query.label_counts": Declared(arrays={"counts": DP_GAUSSIAN, "tables": DP_GAUSSIAN}),
     "train.fedavg": Declared(arrays={"*": DP_SGD}),
+    "query.marginals": Declared(arrays={"*": DP_GAUSSIAN},
+                                values={"site_code": PUBLIC, "noise": PUBLIC}),
     "query.announce": Declared(values={"announced": PUBLIC}),
     "evaluate.release": Declared(values={
         **{f"scores.*.{path}": rule for path, rule in _METRICS.items()},

@@ -100,6 +100,12 @@ class TableEncoder:
         return pd.DataFrame(columns)
 
 
+def unit_scale(values: pd.Series, col: Column) -> np.ndarray:
+    """Non-missing values of a number or date column on [0, 1]: the encoder's own scaling by the
+    public bounds (log space for ``transform: log``)."""
+    return (_encode_values(values, col)[:, 0] + 1.0) / 2.0
+
+
 def _value_width(col: Column) -> int:
     if col.type == "boolean":
         return len(_BOOL_CATEGORIES)

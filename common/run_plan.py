@@ -22,6 +22,9 @@ SITE_OWNED = frozenset({"dp_seed", "noise_seed", "seed_noise", "max_grad_norm", 
                         "noise_multiplier", "sigma", "epsilon", "delta", "sample_rate"})
 
 
+MARGINAL_KINDS = ("mst",)  # tabular generators fitted to noisy marginals, not trained in rounds
+
+
 class RequestRefused(InputError):
     """The coordinator asked for something the site does not do. The message quotes only the
     coordinator's own request and the site's public rules, never the site's data, so it may
@@ -119,17 +122,19 @@ class RunPlan:
                  tabular_config: Mapping[str, Any], proximal_mu: float = 0.0,
                  text_config: Mapping[str, Any] | None = None, text_rounds: int = 0,
                  text_local_steps: int = 0, local_only: bool = False) -> RunPlan:
-        """The run fedsynth makes: the tabular generator's label statistics, its FedAvg rounds,
-        then (with a text config) FedAvg rounds of the narrative model's adapters."""
+        """The run fedsynth makes: the tabular generator (a marginal model, ``mst``, in one stage
+        of measurements; a deep one, ``vae``/``ddpm``, as its label statistics then FedAvg
+        rounds), then (with a text config) FedAvg rounds of the narrative model's adapters."""
         if not proximal_mu >= 0:
             raise InputError(f"proximal_mu must be >= 0 (0 is FedAvg), got {proximal_mu}.")
         if text_config is not None and (text_rounds < 1 or text_local_steps < 1):
             raise InputError(f"a run with narratives needs text rounds and local steps >= 1 (got "
                              f"{text_rounds} and {text_local_steps}).")
         models = {"tabular": ModelSpec("tabular", kind, dict(tabular_config))}
-        stages = [StageSpec("label_counts", "tabular"),
-                  StageSpec("fedavg", "tabular", {"rounds": rounds, "local_steps": local_steps,
-                                                  "proximal_mu": proximal_mu})]
+        stages = [StageSpec("mst", "tabular")] if kind in MARGINAL_KINDS else [
+            StageSpec("label_counts", "tabular"),
+            StageSpec("fedavg", "tabular", {"rounds": rounds, "local_steps": local_steps,
+                                            "proximal_mu": proximal_mu})]
         if text_config is not None:
             models["text"] = ModelSpec("text", "lora", dict(text_config))
             stages.append(StageSpec("fedavg", "text", {"rounds": text_rounds,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.errors import InputError
-from common.tabular.synthesizer import TabularSynthesizer
+from common.stages.models import TabularFamily
 from common.text.narrative_model import FILES as NARRATIVE_FILES
 from common.text.narrative_model import FLAG_COLUMN, NarrativeModel
 
@@ -40,7 +40,7 @@ def synthesize(model_dir: str | Path, n: int, conditions: dict[str, str] | None 
     if not model_dir.is_dir():
         raise InputError(f"{model_dir}: model folder not found; pass the model/ folder of a run "
                          f"(e.g. runs/demo/model).")
-    synthesizer = TabularSynthesizer.load(model_dir, device="auto")
+    synthesizer = TabularFamily.load(model_dir)
     records = synthesizer.sample(n, conditions=conditions, seed=seed)
     if text and has_narratives(model_dir):
         records = add_narratives(records, NarrativeModel.load(model_dir), None, seed)

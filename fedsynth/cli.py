@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--site-column", help="column that names each record's site")
     simulate.add_argument("--out", default="runs/simulate")
     simulate.add_argument("--profile", choices=("quick", "full"), default="quick")
-    simulate.add_argument("--generator", choices=("vae", "ddpm"), default="vae")
+    simulate.add_argument("--generator", choices=("vae", "ddpm", "mst"), default="vae",
+                          help="the tabular generator: vae, ddpm, or mst (federated MST, a "
+                               "marginal model on private-pgm)")
     simulate.add_argument("--epsilon-tabular", type=_positive_float, default=3.0,
                           help="each site's budget for the tabular generator (3.0)")
     simulate.add_argument("--epsilon-text", type=_positive_float, default=3.0,

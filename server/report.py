@@ -21,7 +21,7 @@ from common.metrics.evaluate import summarize
 from common.run_plan import RunPlan
 from server.report_html import render_report_html
 
-VARIANTS = ("federated", "local_only", "centralized")
+VARIANTS = ("federated", "local_only", "centralized", "independent_marginals", "real_train")
 SAMPLE_ROWS = 20  # synthetic records shown in report.html
 
 
@@ -36,6 +36,7 @@ def build_report(run: Mapping[str, Any], privacy: Mapping[str, Any],
                               "sites": {}, "baselines": {}, "summary": {}, "plots": {}}
     for variant in VARIANTS:
         add_variant(report, variant, {site: s[variant] for site, s in scores.items() if s.get(variant)})
+    report["baselines"]["text_floor"] = None  # the narrative model without private data: not built yet
     return report
 
 
@@ -46,10 +47,12 @@ def add_variant(report: dict[str, Any], variant: str, per_site: Mapping[str, Map
     metrics = {site: _metrics(result) for site, result in sorted(per_site.items())}
     if variant == "federated":
         report["sites"] = metrics
-        report["plots"] = {site: result["plots"] for site, result in sorted(per_site.items())}
+        report["plots"] = {site: result["plots"] for site, result in sorted(per_site.items())
+                           if result.get("plots")}
     else:
         report["baselines"][variant] = metrics or None
     report["summary"][variant] = summarize(metrics) if metrics else None
+
 
 
 def privacy_section(spends: Mapping[str, Mapping[str, Any]], plan: RunPlan) -> dict[str, Any]:
@@ -82,12 +85,15 @@ def write_report(folder: Path, report: Mapping[str, Any], synthetic: pd.DataFram
 
 
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
-    """Five lines for a terminal: federated vs local-only vs centralized on the figures that tell
-    generators apart (pair trends, detection AUC, TSTR against TRTR, membership inference, and
-    the narratives' consistency against the real notes' when the run wrote narratives)."""
+    """Seven lines for a terminal: federated vs local-only vs centralized, beside the yardsticks
+    (independent marginals, which every generator must beat, and the real train split, the
+    ceiling), on the figures that tell generators apart (pair trends, detection AUC, TSTR against
+    TRTR, membership inference, and the narratives' consistency against the real notes')."""
     rows = [("federated", report["summary"]["federated"]),
             ("local-only", report["summary"]["local_only"]),
-            ("centralized", report["summary"]["centralized"])]
+            ("centralized", report["summary"]["centralized"]),
+            ("marginals", report["summary"].get("independent_marginals")),
+            ("real train", report["summary"].get("real_train"))]
     lines = [f"{'':12} {'pair trends':>11} {'detection':>9} {'TSTR/TRTR':>12} {'MIA AUC':>7} "
              f"{'narrative consistency/real':>26}"]
     for name, metrics in rows:

@@ -99,22 +99,26 @@ def _privacy(privacy: Mapping[str, Any]) -> str:
             + _hbars(list(totals), {"epsilon spent": list(totals.values())}, fmt="{:.2f}"))
 
 
+RUNS = {"federated": "federated", "local-only": "local_only", "centralized": "centralized",
+        "marginals": "independent_marginals", "real train": "real_train"}
+
+
 def _summary(summary: Mapping[str, Any]) -> str:
-    runs = {"federated": summary.get("federated"), "local-only": summary.get("local_only"),
-            "centralized": summary.get("centralized")}
+    runs = {label: summary.get(variant) for label, variant in RUNS.items()}
     return ('<p class="note">Record-weighted means over the sites (weights: test records); counts '
             "are summed. Local-only: each site's own generator; centralized: one generator on the "
-            "pooled records (simulation only; blank when not run). Column Shapes alone says little: "
-            "independent marginals score about 0.95 on it.</p>" + _metrics_table(runs))
+            "pooled records (simulation only; blank when not run); marginals: each column of the "
+            "site's train split resampled on its own, the baseline every generator must beat (it "
+            "scores about 0.95 on Column Shapes, so that figure alone says little); real train: "
+            "the site's train split itself, the ceiling at this test size.</p>" + _metrics_table(runs))
 
 
 def _sites(report: Mapping[str, Any]) -> str:
     baselines = report.get("baselines") or {}
     parts = []
     for site, metrics in (report.get("sites") or {}).items():
-        runs = {"federated": metrics,
-                "local-only": (baselines.get("local_only") or {}).get(site),
-                "centralized": (baselines.get("centralized") or {}).get(site)}
+        runs = {label: metrics if variant == "federated" else (baselines.get(variant) or {}).get(site)
+                for label, variant in RUNS.items()}
         parts.append(f"<h3>{_esc(site)}</h3>{_metrics_table(runs)}")
     return "".join(parts) or '<p class="note">No site results in this report.</p>'
 

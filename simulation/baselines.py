@@ -15,11 +15,11 @@ import pandas as pd
 
 from common.data import load_site_data, stratified_split
 from common.metrics.evaluate import evaluate_site
-from common.run_plan import RunPlan
+from common.run_plan import ModelSpec, RunPlan
 from common.schema import Schema
 from common.site_config import SiteConfig
+from common.stages.models import family_of
 from common.stages.site import SiteRun
-from common.tabular.synthesizer import TabularSynthesizer
 from simulation.profiles import RunProfile
 
 
@@ -34,8 +34,8 @@ def centralized_synthetic(site_files: dict[str, Path], schema: Schema, profile: 
     """``profile.synthetic_records`` from one DP model trained on the pooled train splits, with a
     site's epsilon and delta, total steps (rounds x local steps), settings and initial weights:
     the federated model's ceiling."""
-    synth = TabularSynthesizer(schema, kind=generator, epsilon=epsilon, delta=delta,
-                               config=profile.tabular_config, seed=seed)
+    spec = ModelSpec("tabular", generator, profile.config_for(generator))
+    synth = family_of(spec).build(schema, spec, seed, epsilon=epsilon, delta=delta)
     synth.fit(pooled_split(site_files, schema, seed), steps=profile.rounds * profile.local_steps)
     return synth.sample(profile.synthetic_records, seed=seed)
 

@@ -125,7 +125,7 @@ def simulation_settings(n_sites: int, schema_path: Path, run_dir: Path, profile:
     return FederationSettings(
         schema_path=schema_path, run_dir=run_dir, run=RUN_NAME, kind=generator,
         rounds=profile.rounds, local_steps=profile.local_steps, seed=seed,
-        tabular_config=profile.tabular_config, min_sites=n_sites,
+        tabular_config=profile.config_for(generator), min_sites=n_sites,
         quorum=max(1, math.ceil(n_sites / 2)), handshake_timeout_s=120, round_timeout_s=1800)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.run_plan import MARGINAL_KINDS
+
 
 @dataclass(frozen=True)
 class RunProfile:
@@ -14,11 +16,16 @@ class RunProfile:
     rounds: int               # federated rounds
     local_steps: int          # DP-SGD steps per site per round
     synthetic_records: int    # size of the released synthetic dataset
-    tabular_config: dict[str, Any] = field(default_factory=dict)
+    tabular_config: dict[str, Any] = field(default_factory=dict)  # the deep generators' (vae, ddpm)
+    marginal_config: dict[str, Any] = field(default_factory=dict)  # the marginal model's (mst)
     text_rounds: int = 0      # federated rounds of the narrative model's adapters
     text_local_steps: int = 0  # DP-SGD steps per site per text round
     narrated_records: int | None = None  # released records that get a narrative (None: all)
     text_config: dict[str, Any] = field(default_factory=dict)  # NarrativeModel config
+
+    def config_for(self, generator: str) -> dict[str, Any]:
+        """The model settings of ``generator`` in this profile."""
+        return self.marginal_config if generator in MARGINAL_KINDS else self.tabular_config
 
 
 # What an ED note says about its record; a profile prompts with those its schema has (the label

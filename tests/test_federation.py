@@ -265,3 +265,40 @@ def test_round_one_starts_from_the_sum_of_the_sites_dp_tables(tmp_path, sites, s
     for config in configs.values():
         release = site_entries(config)[0]
         assert (release.note, release.round) == ("label counts + class tables", None)
+
+
+def test_the_marginal_generator_runs_as_one_stage_and_its_model_generates(tmp_path, sites,
+                                                                          server_identity) -> None:
+    """Federated MST over the in-process grid: three releases per site, each in its ledger
+    under the site's share; the global model is saved, released, scored at every site, and
+    ``fedsynth generate``'s loader samples it (conditions included)."""
+    from common.marginal.model import MarginalSynthesizer
+    from common.synthesis import synthesize
+
+    schema_path, configs = sites
+    grid = _grid(configs)
+    settings = _settings(tmp_path, schema_path, kind="mst", tabular_config={"iters": 200},
+                         synthetic_records=150)
+    result = run_federation(grid, settings)
+    assert [m.metadata.message_type for m in grid.messages].count("query.marginals") == 3 * len(configs)
+    for config in configs.values():
+        entries = site_entries(config)
+        assert [e.note for e in entries] == ["1-way marginals", "pair scores", "chosen marginals"]
+        assert epsilon_from_ledger(entries, entries[-1].delta) == pytest.approx(4.0, abs=1e-4)
+        assert result.state.weights[config.name] > 1  # its noisy size, for any later stage
+    model = MarginalSynthesizer.from_saved(*_saved(result.model_dir))
+    assert model.with_site and model.site == "hospital"  # one site code per site: modelled
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["sites"]) == {c.name for c in configs.values()}
+    generated = synthesize(result.model_dir, 20, {"mechanism": "fall"}, seed=1)
+    assert len(generated) == 20 and (generated["mechanism"] == "fall").all()
+
+
+def _saved(folder):
+    import torch
+
+    from common.saved_model import read_model_folder
+    from common.tabular.synthesizer import FILES
+
+    meta, schema = read_model_folder(folder, FILES, "tabular model")
+    return meta, schema, torch.load(folder / FILES["state"], weights_only=True)

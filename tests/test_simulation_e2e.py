@@ -176,7 +176,7 @@ def test_report_compares_federated_local_only_and_centralized_at_every_site(run)
     assert set(report["sites"]) == set(files)
     assert set(report["baselines"]["local_only"]) == set(files)
     assert set(report["baselines"]["centralized"]) == set(files)
-    for variant in ("federated", "local_only", "centralized"):
+    for variant in ("federated", "local_only", "centralized", "independent_marginals", "real_train"):
         summary = report["summary"][variant]
         assert set(summary) >= METRIC_KEYS, variant
         assert set(summary["fidelity"]) == {"column_shapes", "column_pair_trends", "detection_auc",
@@ -192,13 +192,20 @@ def test_report_compares_federated_local_only_and_centralized_at_every_site(run)
         assert metrics["privacy"]["exact_copies"] == "<10"
         assert report["privacy"]["per_site"][site]["epsilon_tabular_local_only"] <= 8.0 + 1e-9
     assert report["summary"]["federated"]["n_test"] == sum(m["n_test"] for m in report["sites"].values())
+    # the yardsticks every site scores beside the release: the ceiling beats the no-structure
+    # baseline on pair trends, and the ceiling's privacy figures are null (they would describe
+    # the train split itself)
+    ceiling, marginals = report["summary"]["real_train"], report["summary"]["independent_marginals"]
+    assert ceiling["fidelity"]["column_pair_trends"] > marginals["fidelity"]["column_pair_trends"] + 0.05
+    assert set(ceiling["privacy"].values()) == {None} and report["baselines"]["text_floor"] is None
     assert 0 < report["run"]["duration_s"] < 3600
     lines = summary_lines(report)  # what `fedsynth demo` prints
-    assert len(lines) == 5 and lines[1].startswith("federated") and lines[3].startswith("centralized")
+    assert len(lines) == 7 and lines[1].startswith("federated") and lines[3].startswith("centralized")
+    assert lines[4].startswith("marginals") and lines[5].startswith("real train")
     federated = {p["epsilon_tabular"] for p in report["privacy"]["per_site"].values()}
-    assert f"federated model {min(federated):.2f}" in lines[4]
+    assert f"federated model {min(federated):.2f}" in lines[6]
     assert f"narrative model {min(p['epsilon_text'] for p in report['privacy']['per_site'].values()):.2f}" \
-        in lines[4]
+        in lines[6]
     text = report["summary"]["federated"]["text"]
     assert lines[1].endswith(f"{text['consistency_accuracy']:.3f}/{text['real_consistency_accuracy']:.3f}")
     assert lines[2].endswith(" -")  # the local-only baseline writes no narratives

@@ -89,6 +89,8 @@ class FeatureEncoder:
     in the frames given to ``fit`` (the classifier's own training data, nothing shared) and pools
     the others, so that train and test frames are always encoded alike. Detection fits on both
     sides: fitted on one, the pooled category would exist on the other side only and give it away.
+    A number missing in every record of the fitted frames carries nothing to split on, and the
+    classifier cannot bin it: it is left out of the matrix.
     """
 
     def __init__(self, columns: Sequence[Column]) -> None:
@@ -100,6 +102,8 @@ class FeatureEncoder:
             if col.type == "categorical" and len(col.categories) > MAX_CATEGORY_CODES:
                 counts = pd.concat([f[col.name].astype(object) for f in frames]).value_counts()
                 self._kept[col.name] = [str(c) for c in counts.index[:MAX_CATEGORY_CODES - 1]]
+        self.columns = [col for col in self.columns if col.type in ("categorical", "boolean")
+                        or any(f[col.name].notna().any() for f in frames)]
         return self
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,8 +6,10 @@ from common.run_plan import PlanRefused, RunPlan
 from common.stages.base import Stage
 from common.stages.fedavg import FedAvgRounds
 from common.stages.label_counts import LabelCounts
+from common.stages.marginals import MarginalMeasurements
 
-STAGE_TYPES: dict[str, type[Stage]] = {cls.type: cls for cls in (LabelCounts, FedAvgRounds)}
+STAGE_TYPES: dict[str, type[Stage]] = {cls.type: cls for cls in (LabelCounts, FedAvgRounds,
+                                                                  MarginalMeasurements)}
 
 
 def stages_of(plan: RunPlan) -> list[Stage]:

@@ -8,39 +8,58 @@ arrays), ``state_dict`` / ``load_state_dict``, and is released with ``save``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
+from common.marginal.model import MarginalSynthesizer
+from common.marginal.model import resolve_config as resolve_marginal_config
 from common.privacy.accountant import DEFAULT_DELTA, Entry
 from common.privacy.ledger import Ledger
-from common.run_plan import ModelSpec, PlanRefused
+from common.run_plan import MARGINAL_KINDS, ModelSpec, PlanRefused
+from common.saved_model import read_model_folder
 from common.schema import Schema
+from common.tabular.synthesizer import FILES as TABULAR_FILES
 from common.tabular.synthesizer import TabularSynthesizer, resolve_config
 
 
 class TabularFamily:
-    """The tabular generators (``vae``, ``ddpm``): they learn from the whole train split."""
+    """The tabular generators: deep ones trained in rounds (``vae``, ``ddpm``) and the marginal
+    model (``mst``); they learn from the whole train split."""
 
-    kinds = ("vae", "ddpm")
+    kinds = ("vae", "ddpm", *MARGINAL_KINDS)
 
     def build(self, schema: Schema, spec: ModelSpec, seed: int, epsilon: float | None = None,
               delta: float = DEFAULT_DELTA, noise_seed: int | None = None, max_grad_norm: float = 1.0,
               ledger: Ledger | None = None, name: str | None = None) -> Any:
-        return TabularSynthesizer(schema, kind=spec.kind, epsilon=epsilon, delta=delta,
-                                  config=spec.config, seed=seed, ledger=ledger, name=name,
-                                  noise_seed=noise_seed, max_grad_norm=max_grad_norm)
+        facade = MarginalSynthesizer if spec.kind in MARGINAL_KINDS else TabularSynthesizer
+        return facade(schema, kind=spec.kind, epsilon=epsilon, delta=delta, config=spec.config,
+                      seed=seed, ledger=ledger, name=name, noise_seed=noise_seed,
+                      max_grad_norm=max_grad_norm)
 
     def records(self, train: pd.DataFrame, schema: Schema) -> pd.DataFrame:
         return train
 
     def planned(self, spec: ModelSpec, epsilon: float, delta: float, n_records: int,
                 steps: int) -> list[Entry]:
+        if spec.kind in MARGINAL_KINDS:
+            return MarginalSynthesizer.planned_releases(spec.config, epsilon, delta)
         return TabularSynthesizer.planned_releases(spec.kind, spec.config, epsilon, delta,
-                                                   n_records, steps)
+                                                   n_records, steps) if steps else []
 
     def check(self, spec: ModelSpec) -> None:
-        resolve_config(spec.config)
+        (resolve_marginal_config if spec.kind in MARGINAL_KINDS else resolve_config)(spec.config)
+
+    @staticmethod
+    def load(folder: Path) -> Any:
+        """A released tabular model folder (``fedsynth generate --model``), whichever kind."""
+        meta, schema = read_model_folder(folder, TABULAR_FILES, "tabular model")
+        if meta["kind"] in MARGINAL_KINDS:
+            state = torch.load(folder / TABULAR_FILES["state"], map_location="cpu", weights_only=True)
+            return MarginalSynthesizer.from_saved(meta, schema, state)
+        return TabularSynthesizer.load(folder)
 
 
 class TextFamily:
@@ -69,7 +88,7 @@ class TextFamily:
                 steps: int) -> list[Entry]:
         from common.text.narrative_model import NarrativeModel
 
-        return NarrativeModel.planned_releases(spec.config, epsilon, delta, n_records, steps)
+        return NarrativeModel.planned_releases(spec.config, epsilon, delta, n_records, steps) if steps else []
 
     def check(self, spec: ModelSpec) -> None:
         from common.text.narrative_model import resolve_config

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from common.fileio import atomic_write_text
+from common.metrics.baselines import IndependentMarginals
 from common.metrics.evaluate import evaluate_site, load_synthetic
 from common.run_plan import RequestRefused
 from common.stages.base import Payload
@@ -71,7 +72,8 @@ def score(run: SiteRun, request: Payload) -> Payload:
         raise _refused(run, f"the release holds {distinct} distinct record(s); a site scores "
                             f"releases of at least {MIN_DISTINCT}.")
     seed = int(request.values.get("seed", run.plan.seed))
-    scores: dict[str, Any] = {"federated": evaluate_site(run.schema, run.splits, synthetic, seed).to_json()}
+    scores: dict[str, Any] = {"federated": evaluate_site(run.schema, run.splits, synthetic, seed).to_json(),
+                              **reference_scores(run, len(synthetic), seed)}
     n_local = int(request.values.get("local_only_records", 0))
     if run.local_only and n_local > 0:
         local = local_only_synthetic(run, n_local, seed)
@@ -80,6 +82,22 @@ def score(run: SiteRun, request: Payload) -> Payload:
     atomic_write_text(run.folder / SCORED, json.dumps({"sha256": sha, "time": time.time()}) + "\n")
     run.account.record("scored", run.plan.run, sha)  # both before the figures leave
     return reply
+
+
+def reference_scores(run: SiteRun, n_records: int, seed: int) -> dict[str, Any]:
+    """The yardsticks beside every release, scored here at no privacy cost (figures only leave):
+    ``independent_marginals``, each column of the site's train split resampled on its own (what a
+    generator must beat), and ``real_train``, the train split itself as if it were the release
+    (the ceiling at this test size; its privacy figures are null, they would describe the
+    split itself). No plots: their "synthetic" side would be real records."""
+    train = run.splits["train"]
+    marginals = IndependentMarginals(run.schema).fit(train).sample(n_records, seed=seed)
+    ceiling = evaluate_site(run.schema, run.splits, train.reset_index(drop=True), seed).metrics
+    ceiling["privacy"] = {key: None for key in ceiling["privacy"]}
+    if ceiling.get("text"):
+        ceiling["text"].update(train_8gram_share=None, canary_exposure_bits=None)
+    return {"independent_marginals": evaluate_site(run.schema, run.splits, marginals, seed).metrics,
+            "real_train": ceiling}
 
 
 def local_only_synthetic(run: SiteRun, n_records: int, seed: int) -> pd.DataFrame:

@@ -96,11 +96,10 @@ class SiteRun:
             if n_records < 1:
                 raise InputError(f"{self.config.data_path}: the train split has no records for "
                                  f"the {name} model; the site needs more valid records.")
-            if steps:
-                planned = family_of(spec).planned(spec, self.config.share(spec.family), self.delta,
-                                                  n_records, steps)
-                copies = 2 if self.local_only and name == self.local_only_model else 1
-                releases += planned * copies
+            planned = family_of(spec).planned(spec, self.config.share(spec.family), self.delta,
+                                              n_records, steps)
+            copies = 2 if self.local_only and name == self.local_only_model else 1
+            releases += planned * copies
         return releases
 
     @property

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.data import parse_column
 from common.encoding import TableEncoder
 from common.errors import InputError
 from common.fileio import atomic_write_text
@@ -32,6 +31,7 @@ from common.privacy.planned import PlannedBudget, planned_releases
 from common.saved_model import read_model_folder
 from common.schema import Schema
 from common.tabular.base import TabularModel
+from common.tabular.conditions import parse_conditions, rejection_sample
 from common.tabular.label_stats import cells, label_tables, sensitivity
 from common.tabular.trainer import Proximal, Trainer, resolve_device
 from common.version import __version__
@@ -48,7 +48,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "model": {},              # keyword arguments of the model class
 }
 FILES = {"state": "tabular.pt", "schema": "schema.yaml", "meta": "tabular.json"}
-_SAMPLE_CHUNK = 4096
 
 
 class TabularSynthesizer(PlannedBudget):
@@ -214,7 +213,7 @@ class TabularSynthesizer(PlannedBudget):
         other conditions are met by rejection sampling within a bounded number of draws."""
         if n < 1:
             raise InputError(f"the number of records to sample must be at least 1 (got {n}).")
-        wanted = self._parse_conditions(conditions or {})
+        wanted = parse_conditions(self.schema, conditions or {})
         label_value = wanted.pop(self.schema.label.name, None)
         seed = secrets.randbits(63) if seed is None else seed
         rng = np.random.default_rng(seed)
@@ -222,38 +221,16 @@ class TabularSynthesizer(PlannedBudget):
         probs = label_distribution(self.label_counts if self.label_counts is not None
                                    else np.ones(self.encoder.n_classes))
         fixed = None if label_value is None else self.encoder.classes.index(label_value)
-        max_draws, drawn, have, kept = n * self.config["max_draws_per_record"], 0, 0, []
         self.model.eval()
-        while have < n:
-            if drawn >= max_draws:
-                raise InputError(_too_rare(conditions, n, have, drawn))
-            acceptance = max(have, 1) / drawn if drawn else 1.0
-            size = min(_SAMPLE_CHUNK, max_draws - drawn, int(np.ceil(1.1 * (n - have) / acceptance)))
+
+        def draw(size: int) -> pd.DataFrame:
             y = (np.full(size, fixed) if fixed is not None
                  else rng.choice(self.encoder.n_classes, size=size, p=probs))
             x = self.model.sample(torch.as_tensor(y, device=self.device), generator)
-            frame = self.encoder.decode(x.detach().cpu().numpy(), y)
-            kept.append(frame[_matches(frame, wanted)])
-            drawn, have = drawn + size, have + len(kept[-1])
-        return pd.concat(kept, ignore_index=True).iloc[:n].reset_index(drop=True)
+            return self.encoder.decode(x.detach().cpu().numpy(), y)
 
-    def _parse_conditions(self, conditions: Mapping[str, Any]) -> dict[str, Any]:
-        """Each condition parsed by its column's type, as a data file's cell would be."""
-        modeled = [c.name for c in self.schema.modeled_columns]
-        parsed = {}
-        for name, value in conditions.items():
-            if name not in modeled:
-                raise InputError(f"unknown condition column '{name}'; conditions may name the "
-                                 f"modeled columns {modeled}.")
-            col = self.schema[name]
-            series, problems = parse_column(pd.Series([None if value is None else str(value)]), col)
-            if problems:
-                allowed = (list(col.categories) if col.categories else ["true", "false"]
-                           if col.type == "boolean" else f"[{col.min}, {col.max}]")
-                raise InputError(f"condition {name}={value!r}: {problems[0].reason}; allowed "
-                                 f"values: {allowed}.")
-            parsed[name] = series.iloc[0]
-        return parsed
+        return rejection_sample(draw, n, wanted, n * self.config["max_draws_per_record"],
+                                conditions or {})
 
     # --- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -353,17 +330,3 @@ def _model_class(kind: str) -> type[TabularModel]:
         raise InputError(f"unknown generator {kind!r}; use one of {sorted(MODEL_CLASSES)}.")
     module, name = MODEL_CLASSES[kind].split(":")
     return getattr(importlib.import_module(module), name)
-
-
-def _matches(frame: pd.DataFrame, wanted: Mapping[str, Any]) -> np.ndarray:
-    keep = np.ones(len(frame), dtype=bool)
-    for name, value in wanted.items():
-        column = frame[name]
-        keep &= (column.isna() if pd.isna(value) else (column == value).fillna(False)).to_numpy(bool)
-    return keep
-
-
-def _too_rare(conditions: Mapping[str, Any], n: int, found: int, drawn: int) -> str:
-    return (f"conditions {dict(conditions)} are too rare for this model: {found} of {n} records "
-            f"matched after {drawn} draws. Fix: condition on the label column (sampled directly), "
-            f"relax the conditions, or ask for fewer records.")

@@ -1,0 +1,194 @@
+"""The marginal model (federated MST on private-pgm): schema-only cells, each release's
+sensitivity as the accountant assumes it, the ledger before every release, federated vs central
+at equal noise, and a planted dependency found and reproduced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.errors import BudgetExceededError
+from common.marginal import mst
+from common.marginal.cells import Cells
+from common.marginal.model import MarginalSynthesizer, Release
+from common.metrics.fidelity import quality_scores
+from common.privacy.accountant import PrivacyAccountant, calibrate_noise
+from common.privacy.ledger import Ledger, epsilon_from_ledger
+from common.schema import Schema
+from tests.test_encoding import random_frame, small_schema
+
+FAST = {"iters": 300}
+
+
+@pytest.fixture(scope="module")
+def schema() -> Schema:
+    return small_schema()
+
+
+def _dependent_frame(schema: Schema, n: int, seed: int) -> pd.DataFrame:
+    """Random records in which region is a function of sex and the label of age: two planted
+    dependencies."""
+    frame = random_frame(schema, n, seed)
+    frame["region"] = pd.Categorical(frame["sex"].map({"F": "head", "M": "torso", "U": "limb"}),
+                                     categories=["head", "torso", "limb"])
+    bands = np.digitize(frame["age"].astype(float).to_numpy(), [22, 44, 66, 88])
+    frame["mechanism"] = pd.Categorical(np.array(["fall", "mvc", "assault", "burn", "drowning"])[bands],
+                                        categories=list(schema.label.categories))
+    return frame
+
+
+def test_cells_are_the_schemas_and_decode_inside_it(schema) -> None:
+    cells = Cells(schema, bins=8)
+    assert cells.shape == {"age": 8, "sbp": 9, "los_hours": 9, "temp": 8, "arrival": 9, "sex": 3,
+                           "intubated": 3, "region": 4, "mechanism": 5}
+    frame = random_frame(schema, 300, seed=1)
+    codes = cells.encode(frame)
+    assert all(0 <= c.min() and c.max() < cells.shape[a] for a, c in codes.items())
+    decoded = cells.decode(codes, np.random.default_rng(0))
+    for col in schema.modeled_columns:
+        values = decoded[col.name].dropna()
+        if col.categories:
+            assert values.astype(str).isin(col.categories).all(), col.name
+        elif col.type == "datetime":
+            assert values.between(pd.Timestamp(col.min), pd.Timestamp(col.max)).all(), col.name
+        elif col.is_numeric:
+            assert values.astype(float).between(col.min, col.max).all(), col.name
+        assert col.nullable or decoded[col.name].notna().all(), col.name
+    again = cells.encode(decoded)  # a decoded value stays in the cell it was drawn from
+    assert all((again[a] == codes[a]).all() for a in codes)
+    assert decoded["age"].dtype == "Int64" and decoded["arrival"].dtype == "datetime64[ns]"
+
+
+def test_each_release_moves_by_at_most_its_sensitivity(schema) -> None:
+    """Remove one record: each 1-way count moves by at most 1 (one per attribute, so L2
+    sqrt(attributes)), each pair score by at most 1, each chosen table's cells by at most 1."""
+    frame = _dependent_frame(schema, 400, seed=2)
+    exact = MarginalSynthesizer(schema, epsilon=None, config=FAST)
+    exact.plan(len(frame))
+    full, less = exact.release_one_ways(frame), None
+    for drop in range(0, 400, 37):
+        fewer = frame.drop(index=frame.index[drop])
+        model = MarginalSynthesizer(schema, epsilon=None, config=FAST)
+        model.plan(len(fewer))
+        less = model.release_one_ways(fewer)
+        diffs = np.concatenate([full[a] - less[a] for a in full])
+        assert np.abs(diffs).max() == 1 and np.linalg.norm(diffs) <= np.sqrt(len(full)) + 1e-9
+        pairs = exact.candidates()
+        mapping = {"age": np.minimum(np.arange(exact.sizes["age"]), 5)}
+        own = dict(full)  # the scores are computed against the site's own (released) 1-ways
+        moved = (mst.pair_scores(exact.cells.encode(frame), pairs, exact.sizes, mapping, own)
+                 - mst.pair_scores(exact.cells.encode(fewer), pairs, exact.sizes, mapping, own))
+        assert np.abs(moved).max() <= 1 + 1e-9
+        cliques = [("mechanism", "age"), ("sex", "region")]
+        tables = [mst.table(exact.cells.encode(f), cl, exact.sizes, mapping) for f in (frame, fewer)
+                  for cl in cliques]
+        assert all(np.abs(tables[i] - tables[i + 2]).sum() == 1 for i in range(2))
+
+
+def test_every_release_is_in_the_ledger_before_it_is_drawn(schema, tmp_path, monkeypatch) -> None:
+    """The three releases are charged (one noise multiplier planned for all three from the
+    budget) before their noise is drawn; the ledger's epsilon recomputed from its entries alone
+    equals the budget; a fourth release is refused, spending nothing."""
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    model = MarginalSynthesizer(schema, epsilon=2.0, delta=1e-5, config=FAST, ledger=ledger)
+    frame, drawn = _dependent_frame(schema, 500, seed=3), []
+    original = np.random.default_rng
+
+    class Watch:
+        """numpy's generator, noting how many ledger entries exist when noise is drawn."""
+
+        def __init__(self, seed=None):
+            self.generator = original(seed)
+
+        def normal(self, *args, **kwargs):
+            drawn.append(len(ledger.read()))
+            return self.generator.normal(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.generator, name)
+
+    monkeypatch.setattr(np.random, "default_rng", Watch)
+    model.fit(frame)
+    monkeypatch.undo()
+    entries = ledger.read()
+    assert drawn == [1, 2, 3]  # the k-th draw happens after the k-th charge
+    assert [e.note for e in entries] == ["1-way marginals", "pair scores", "chosen marginals"]
+    z = calibrate_noise(2.0, 1e-5, 1.0, 3)
+    assert all(e.sample_rate == 1.0 and e.steps == 1 and e.noise_multiplier == pytest.approx(z)
+               for e in entries)
+    assert epsilon_from_ledger(entries, 1e-5) == pytest.approx(2.0, abs=1e-4)
+    assert PrivacyAccountant(MarginalSynthesizer.planned_releases(FAST, 2.0, 1e-5)).epsilon(1e-5) == \
+        pytest.approx(epsilon_from_ledger(entries, 1e-5), rel=1e-9)
+    before = ledger.path.read_bytes()
+    with pytest.raises(BudgetExceededError):
+        model.release_one_ways(_dependent_frame(schema, 50, seed=4))
+    assert ledger.path.read_bytes() == before
+
+
+def _federated(schema, parts, epsilon, seed):
+    """The coordinator's half over several sites' releases, in one process."""
+    sites = [MarginalSynthesizer(schema, epsilon=epsilon, config=FAST, noise_seed=seed + i)
+             for i in range(len(parts))]
+    noise = [s.plan(len(p)) for s, p in zip(sites, parts, strict=True)]
+    coordinator = MarginalSynthesizer(schema, epsilon=None, config=FAST)
+    mapping = coordinator.after_one_ways([Release(s.site_code(p), z, s.release_one_ways(p))
+                                          for s, p, z in zip(sites, parts, noise, strict=True)])
+    scores = np.sum([s.release_scores(p, coordinator.candidates(), mapping)
+                     for s, p in zip(sites, parts, strict=True)], axis=0)
+    cliques = coordinator.choose_cliques(scores)
+    coordinator.after_tables([Release(s.site_code(p), z, s.release_tables(p, cliques, mapping))
+                              for s, p, z in zip(sites, parts, noise, strict=True)])
+    return coordinator
+
+
+def test_federated_mst_on_iid_sites_matches_central_mst_at_the_same_noise(schema) -> None:
+    """Three IID sites each add their own noise; a central curator adding the same total noise
+    (sqrt(3) times a site's deviation) gets the same model up to the noise draws."""
+    train, test = _dependent_frame(schema, 3000, seed=5), _dependent_frame(schema, 1000, seed=6)
+    parts = [train.iloc[i::3].reset_index(drop=True) for i in range(3)]
+    federated = _federated(schema, parts, epsilon=3.0, seed=10)
+    site_z = calibrate_noise(3.0, 1e-5, 1.0, 3)
+    central_epsilon = _epsilon_for_noise(site_z / np.sqrt(3))
+    central = MarginalSynthesizer(schema, epsilon=central_epsilon, config=FAST, noise_seed=20).fit(train)
+    assert central.plan(len(train)) == pytest.approx(site_z / np.sqrt(3), rel=1e-3)
+    got = {name: quality_scores(test, m.sample(1500, seed=1), schema)["column_pair_trends"]
+           for name, m in (("federated", federated), ("central", central))}
+    print(got)
+    assert abs(got["federated"] - got["central"]) < 0.05, got
+    untrained = quality_scores(test, random_frame(schema, 1500, seed=7), schema)["column_pair_trends"]
+    assert min(got.values()) > untrained + 0.05, (got, untrained)
+
+
+def _epsilon_for_noise(z: float) -> float:
+    lo, hi = 0.01, 100.0
+    for _ in range(60):  # the accountant's epsilon falls as z grows: bisect on the epsilon
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if calibrate_noise(mid, 1e-5, 1.0, 3) > z else (lo, mid)
+    return hi
+
+
+def test_a_planted_dependency_is_found_and_reproduced(schema) -> None:
+    """region is a function of sex: the pair is in the chosen tree, and the samples keep it."""
+    train = _dependent_frame(schema, 2000, seed=8)
+    model = MarginalSynthesizer(schema, epsilon=3.0, config=FAST, noise_seed=30).fit(train)
+    assert ("sex", "region") in model.cliques or ("region", "sex") in model.cliques
+    sample = model.sample(2000, seed=2)
+    agree = (sample["region"].astype(str) == sample["sex"].map({"F": "head", "M": "torso", "U": "limb"})
+             .astype(str)).mean()
+    print("agreement", agree)
+    assert agree > 0.9
+    assert sample["mechanism"].isin(schema.label.categories).all()
+    drowning = model.sample(50, conditions={"mechanism": "drowning"}, seed=3)
+    assert (drowning["mechanism"] == "drowning").all() and (drowning["age"] >= 80).mean() > 0.8
+
+
+def test_a_saved_model_loads_and_samples_the_same(schema, tmp_path) -> None:
+    from common.stages.models import TabularFamily
+
+    model = MarginalSynthesizer(schema, epsilon=3.0, config=FAST, noise_seed=1).fit(
+        _dependent_frame(schema, 800, seed=9))
+    model.save(tmp_path / "model")
+    loaded = TabularFamily.load(tmp_path / "model")
+    assert isinstance(loaded, MarginalSynthesizer) and loaded.cliques == model.cliques
+    pd.testing.assert_frame_equal(loaded.sample(200, seed=4), model.sample(200, seed=4))
