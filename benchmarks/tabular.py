@@ -1,5 +1,6 @@
-"""Tabular generators side by side: DP-VAE and DP-DDPM at several epsilons against the
-independent-marginals baseline and SDV's GaussianCopula and TVAE (non-DP peers).
+"""Tabular generators side by side: federated MST (per-site noise), central MST, DP-VAE and
+DP-DDPM at several epsilons against the independent-marginals baseline and SDV's GaussianCopula
+and TVAE (non-DP peers).
 
     python benchmarks/tabular.py [--quick] [--data sim|neiss] [--seed N] [--threads N]
 
@@ -7,9 +8,12 @@ Every row is measured in one run on one machine, so fit times, samples/s and the
 (fit time over the same model, same steps, without DP) compare. Fidelity is scored against the
 held-out test split, TSTR trains on as many synthetic records as the real train split, and the
 marginals baseline and the real train split itself ("real train": TSTR = TRTR, the ceiling) are
-always in the table (BRIEF, "What the figures mean"). Prints a markdown table; runs are recorded
-in benchmarks/RESULTS.md. SDV is a bench-only extra (``pip install -e '.[bench]'``, BUSL licence),
-never a runtime dependency: without it those rows are skipped with the reason.
+always in the table (BRIEF, "What the figures mean"). Federated MST splits the train split by the
+schema's site column (the simulated hospitals; NEISS strata) and runs the ``mst`` stage's site and
+coordinator halves in one process (``fit_federated``): each site adds its own noise. Prints a
+markdown table; runs are recorded in benchmarks/RESULTS.md. SDV is a bench-only extra
+(``pip install -e '.[bench]'``, BUSL licence), never a runtime dependency: without it those rows
+are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pandas as pd
 import torch
 
 from common.data import load_site_data, stratified_split
+from common.marginal.model import MarginalSynthesizer, fit_federated
 from common.metrics.baselines import IndependentMarginals
 from common.metrics.features import TABLE, modeled, sdmetrics_frame, sdv_metadata
 from common.metrics.fidelity import fidelity_metrics
@@ -70,6 +75,7 @@ MODEL_CONFIG: dict[str, dict[str, Any]] = {
     "vae": {"batch_size": 1024, "lr": 1e-2, "model": {"hidden": [64, 64], "latent_dim": 16}},
     "ddpm": {"batch_size": 1024, "lr": 3e-3, "model": {}},
 }
+MST_CONFIG: dict[str, Any] = {}  # the marginal model's defaults (16 bins, 2,000 iterations)
 
 
 class Generator(Protocol):
@@ -94,6 +100,7 @@ class Row:
     fit_cpu_s: float
     samples_per_s: float
     metrics: dict[str, float]
+    peak_mb: float = float("nan")
     overhead: float | None = None
 
 
@@ -146,9 +153,18 @@ def load_data(data: str, profile: Profile, seed: int) -> tuple[Schema, pd.DataFr
 def candidates(schema: Schema, steps: int, tvae_epochs: int,
                seed: int) -> tuple[list[Candidate], str | None]:
     """Every generator of the table, and why the SDV peers are missing if they are."""
-    ours = [Candidate(f"DP-{kind.upper()}" if eps is not None else f"{kind.upper()} (no DP)", eps,
-                      _synthesizer(schema, kind, eps, steps, seed))
-            for kind in MODEL_CONFIG for eps in EPSILONS]
+    ours = [Candidate("federated MST (per-site noise)", eps, lambda eps=eps: FederatedMST(schema, eps, seed))
+            for eps in EPSILONS if eps is not None]
+    # the budget split's yardstick: MST's own thirds for the three releases, at epsilon 3
+    ours += [Candidate("federated MST, thirds", 3.0,
+                       lambda: FederatedMST(schema, 3.0, seed, {**MST_CONFIG, "budget_split": [1, 1, 1]}))]
+    ours += [Candidate("MST (central)" if eps is not None else "MST (no DP)", eps,
+                       lambda eps=eps: MarginalSynthesizer(schema, epsilon=eps, config=MST_CONFIG,
+                                                           noise_seed=seed))
+             for eps in EPSILONS]
+    ours += [Candidate(f"DP-{kind.upper()}" if eps is not None else f"{kind.upper()} (no DP)", eps,
+                       _synthesizer(schema, kind, eps, steps, seed))
+             for kind in MODEL_CONFIG for eps in EPSILONS]
     rows = [Candidate("independent marginals", None, lambda: IndependentMarginals(schema)), *ours]
     try:
         import sdv
@@ -160,6 +176,26 @@ def candidates(schema: Schema, steps: int, tvae_epochs: int,
                        lambda: SDVPeer(schema, "TVAESynthesizer", epochs=tvae_epochs,
                                        enable_gpu=False))]
     return rows, None
+
+
+class FederatedMST:
+    """The ``mst`` stage over the sites of the train split (its site column), in one process."""
+
+    def __init__(self, schema: Schema, epsilon: float, seed: int,
+                 config: Mapping[str, Any] = MST_CONFIG) -> None:
+        self.schema, self.epsilon, self.seed, self.config = schema, epsilon, seed, config
+        self.model: MarginalSynthesizer | None = None
+
+    def fit(self, df: pd.DataFrame) -> FederatedMST:
+        site = self.schema.site.name
+        parts = [part.reset_index(drop=True) for _, part in df.groupby(site, observed=True)]
+        self.model = fit_federated(self.schema, parts, self.epsilon, config=self.config,
+                                   noise_seed=self.seed)
+        return self
+
+    def sample(self, n: int, conditions: Mapping[str, Any] | None = None,
+               seed: int | None = None) -> pd.DataFrame:
+        return self.model.sample(n, conditions, seed)
 
 
 def _synthesizer(schema: Schema, kind: str, epsilon: float | None, steps: int,
@@ -175,9 +211,11 @@ def evaluate(candidate: Candidate, train: pd.DataFrame, test: pd.DataFrame, sche
     """Fit on train, draw as many records as train, score against test."""
     torch.manual_seed(seed)  # VAE noise, DDPM timesteps and SDV's TVAE draw from torch's global RNG
     generator = candidate.make()
+    reset_peak_memory()
     start, cpu = time.perf_counter(), time.process_time()
     generator.fit(train)
     fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    peak = peak_memory_mb()
     start = time.perf_counter()
     synth = generator.sample(len(train), seed=seed)
     sample_s = time.perf_counter() - start
@@ -189,7 +227,21 @@ def evaluate(candidate: Candidate, train: pd.DataFrame, test: pd.DataFrame, sche
     metrics = {**fidelity_metrics(test, synth, schema, seed),
                "tstr": tstr(synth, test, schema, seed).macro_f1,
                "augmented": augmented(train, test, schema, conditional, seed).macro_f1}
-    return Row(candidate.name, candidate.epsilon, fit_s, fit_cpu_s, len(train) / sample_s, metrics)
+    return Row(candidate.name, candidate.epsilon, fit_s, fit_cpu_s, len(train) / sample_s, metrics, peak)
+
+
+def reset_peak_memory() -> None:
+    """Linux: writing 5 to clear_refs resets the process's peak resident set (VmHWM)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mb() -> float:
+    """The process's peak resident set since the last reset (MB): the fit's peak, with the
+    process's own baseline (interpreter, torch, JAX once loaded) included."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def reference_row(train: pd.DataFrame, test: pd.DataFrame, schema: Schema, seed: int) -> Row:
@@ -210,7 +262,7 @@ def add_overheads(rows: list[Row]) -> None:
             row.overhead = row.fit_cpu_s / plain[kind]
 
 
-COLUMNS = ("generator", "ε", "fit s (CPU s)", "samples/s", "DP overhead", "Column Shapes",
+COLUMNS = ("generator", "ε", "fit s (CPU s)", "fit peak MB", "samples/s", "DP overhead", "Column Shapes",
            "Column Pair Trends", "detection AUC", "Wasserstein", "TSTR macro-F1",
            "augmented macro-F1")
 
@@ -220,7 +272,7 @@ def markdown(rows: list[Row]) -> str:
     for r in rows:
         m = r.metrics
         fit = "-" if pd.isna(r.fit_s) else f"{r.fit_s:.1f} ({r.fit_cpu_s:.1f})"
-        cells = [r.name, "-" if r.epsilon is None else f"{r.epsilon:g}", fit,
+        cells = [r.name, "-" if r.epsilon is None else f"{r.epsilon:g}", fit, _num(r.peak_mb, 0),
                  _num(r.samples_per_s, 0), "-" if r.overhead is None else f"{r.overhead:.1f}x",
                  *(_num(m[k], 3) for k in ("column_shapes", "column_pair_trends", "detection_auc",
                                            "wasserstein_mean", "tstr", "augmented"))]
@@ -237,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller data and fewer steps")
     parser.add_argument("--data", choices=("sim", "neiss"), default="sim")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma-separated name parts: run only the "
+                        "generators whose name contains one (the marginals baseline always runs)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on shared cores, more threads spin and slow down)")
     args = parser.parse_args(argv)
@@ -250,11 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     print("command:", " ".join(["python benchmarks/tabular.py", *(sys.argv[1:] if argv is None else argv)]))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads {args.threads}, "
           f"no GPU used; train {len(train)} / test {len(test)} records; steps {steps}; "
-          f"models {MODEL_CONFIG}\n", flush=True)
+          f"models {MODEL_CONFIG}, MST {MST_CONFIG or 'defaults'}\n", flush=True)
     rows = [reference_row(train, test, schema, args.seed)]
     plan, skipped = candidates(schema, steps, profile.tvae_epochs, args.seed)
     if skipped:
         print(skipped, flush=True)
+    wanted = [part.strip() for part in args.only.split(",") if part.strip()]
+    plan = [c for c in plan if not wanted or c.name == "independent marginals"
+            or any(w in c.name for w in wanted)]
     for candidate in plan:
         rows.append(evaluate(candidate, train, test, schema, args.seed))
         print(f"  done: {candidate.name} eps={candidate.epsilon} ({rows[-1].fit_s:.1f} s fit)",

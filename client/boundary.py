@@ -93,7 +93,7 @@ class Declared:
 
 
 _METRICS = {
-    "n_train": SIZE, "n_test": SIZE,
+    "n_train": SIZE, "n_test": SIZE, "release_rows": PUBLIC,
     **{f"fidelity.{k}": AGGREGATE for k in ("column_shapes", "column_pair_trends", "detection_auc",
                                              "wasserstein_mean")},
     **{f"utility.{k}": AGGREGATE for k in ("trtr_macro_f1", "tstr_macro_f1", "augmented_macro_f1",

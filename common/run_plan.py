@@ -23,6 +23,9 @@ SITE_OWNED = frozenset({"dp_seed", "noise_seed", "seed_noise", "max_grad_norm", 
 
 
 MARGINAL_KINDS = ("mst",)  # tabular generators fitted to noisy marginals, not trained in rounds
+TABULAR_KINDS = ("vae", "ddpm", *MARGINAL_KINDS)
+# The best at epsilon 3 on pair trends and detection together (benchmarks/RESULTS.md, 2026-12-01).
+DEFAULT_TABULAR_KIND = "mst"
 
 
 class RequestRefused(InputError):

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 from common.errors import InputError
+from common.run_plan import DEFAULT_TABULAR_KIND as DEFAULT_GENERATOR
+from common.run_plan import MARGINAL_KINDS
+from common.run_plan import TABULAR_KINDS as GENERATORS
 from fedsynth import __version__
 
 
@@ -75,8 +78,9 @@ def _print_run(report: dict, out: Path) -> None:
     from server.report import summary_lines
 
     run = report["run"]
+    rounds = "" if run["generator"] in MARGINAL_KINDS else f"{run['rounds']} rounds, "
     print(f"fedsynth {run['profile']} run, {run['generator']} generator, {len(run['sites'])} sites, "
-          f"{run['rounds']} rounds, {run['duration_s']} s. Scored at each site on its held-out data:")
+          f"{rounds}{run['duration_s']} s. Scored at each site on its held-out data:")
     for line in summary_lines(report):
         print(f"  {line}")
     print(f"Report: {out / 'report.html'} (and report.json). Synthetic data: {out / 'synthetic.csv'} "
@@ -87,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from simulation.demo import run_demo
 
     _print_run(run_demo(out=Path(args.out), profile=args.profile, seed=args.seed,
-                        text=not args.no_text), Path(args.out))
+                        text=not args.no_text, generator=args.generator), Path(args.out))
     return 0
 
 
@@ -191,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--profile", choices=("quick", "full"), default="quick")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-text", action="store_true", help="tabular records only, no narratives")
+    demo.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
+                      help=f"the tabular generator ({DEFAULT_GENERATOR})")
     demo.set_defaults(func=cmd_demo)
 
     simulate = sub.add_parser("simulate", help="the federated pipeline on your own data")
@@ -199,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--site-column", help="column that names each record's site")
     simulate.add_argument("--out", default="runs/simulate")
     simulate.add_argument("--profile", choices=("quick", "full"), default="quick")
-    simulate.add_argument("--generator", choices=("vae", "ddpm", "mst"), default="vae",
-                          help="the tabular generator: vae, ddpm, or mst (federated MST, a "
-                               "marginal model on private-pgm)")
+    simulate.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
+                          help=f"the tabular generator: vae, ddpm, or mst (federated MST, a "
+                               f"marginal model on private-pgm); default {DEFAULT_GENERATOR}")
     simulate.add_argument("--epsilon-tabular", type=_positive_float, default=3.0,
                           help="each site's budget for the tabular generator (3.0)")
     simulate.add_argument("--epsilon-text", type=_positive_float, default=3.0,

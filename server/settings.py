@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import InputError
+from common.run_plan import DEFAULT_TABULAR_KIND
 from server.federation import FederationSettings
 
 
@@ -20,7 +21,7 @@ def settings_from_run_config(config: Mapping[str, Any]) -> FederationSettings:
     text_config = _json(config, "text-config", "null")  # null: a run without narratives
     return FederationSettings(
         schema_path=Path(schema_path), run_dir=Path(str(config.get("run-dir", "runs/federation"))),
-        run=str(config.get("run-name", "run")), kind=str(config.get("generator", "vae")),
+        run=str(config.get("run-name", "run")), kind=str(config.get("generator", DEFAULT_TABULAR_KIND)),
         rounds=int(config.get("rounds", 5)), local_steps=int(config.get("local-steps", 50)),
         seed=int(config.get("seed", 0)), tabular_config=tabular_config,
         min_sites=int(config.get("min-sites", 1)), quorum=int(config.get("quorum", 1)),

@@ -5,17 +5,19 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from common.run_plan import DEFAULT_TABULAR_KIND
 from simulation.hospitals import write_sim_data
 from simulation.pipeline import run_pipeline
 from simulation.profiles import PROFILES
 
 
-def run_demo(out: Path, profile: str = "quick", seed: int = 0, text: bool = True) -> dict:
+def run_demo(out: Path, profile: str = "quick", seed: int = 0, text: bool = True,
+             generator: str = DEFAULT_TABULAR_KIND) -> dict:
     """Simulate hospitals, then run the whole federated pipeline on them (``text``: with the
-    narrative model and narratives)."""
+    narrative model and narratives) with the tabular ``generator``."""
     settings = PROFILES[profile]
     with tempfile.TemporaryDirectory(prefix="fedsynth-demo-data-") as data:
         paths = write_sim_data(Path(data), settings.sites, settings.records_per_site, seed)
         site_files = {p.stem: p for p in paths if p.suffix == ".csv"}
         return run_pipeline(site_files, Path(data) / "schema.yaml", out, settings, seed=seed,
-                            text=text)
+                            text=text, generator=generator)

@@ -26,6 +26,7 @@ from common.fileio import atomic_write_text, staged_dir
 from common.metrics.evaluate import summarize
 from common.privacy.account import SiteAccount
 from common.privacy.accountant import DEFAULT_MAX_RECORDS
+from common.run_plan import DEFAULT_TABULAR_KIND
 from common.schema import Schema
 from common.site_config import SiteConfig
 from common.stages.release import local_only_synthetic
@@ -58,7 +59,7 @@ Inspect = Callable[[SimulatedRun], None]  # sees the run before its private fold
 
 
 def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, profile: RunProfile,
-                 generator: str = "vae", epsilon_tabular: float = 3.0, seed: int = 0,
+                 generator: str = DEFAULT_TABULAR_KIND, epsilon_tabular: float = 3.0, seed: int = 0,
                  inspect: Inspect | None = None, text: bool = True, epsilon_text: float = 3.0,
                  text_model: str | None = None) -> dict[str, Any]:
     """Federated training (the tabular generator, then, with ``text`` and a narrative column,

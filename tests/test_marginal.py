@@ -11,7 +11,7 @@ import pytest
 from common.errors import BudgetExceededError
 from common.marginal import mst
 from common.marginal.cells import Cells
-from common.marginal.model import MarginalSynthesizer, Release
+from common.marginal.model import MarginalSynthesizer, fit_federated
 from common.metrics.fidelity import quality_scores
 from common.privacy.accountant import PrivacyAccountant, calibrate_noise
 from common.privacy.ledger import Ledger, epsilon_from_ledger
@@ -87,8 +87,8 @@ def test_each_release_moves_by_at_most_its_sensitivity(schema) -> None:
 
 
 def test_every_release_is_in_the_ledger_before_it_is_drawn(schema, tmp_path, monkeypatch) -> None:
-    """The three releases are charged (one noise multiplier planned for all three from the
-    budget) before their noise is drawn; the ledger's epsilon recomputed from its entries alone
+    """The three releases are charged (their noise planned once from the budget and split by
+    the zCDP shares) before their noise is drawn; the ledger's epsilon recomputed from its entries alone
     equals the budget; a fourth release is refused, spending nothing."""
     ledger = Ledger(tmp_path / "ledger.jsonl")
     model = MarginalSynthesizer(schema, epsilon=2.0, delta=1e-5, config=FAST, ledger=ledger)
@@ -114,9 +114,12 @@ def test_every_release_is_in_the_ledger_before_it_is_drawn(schema, tmp_path, mon
     entries = ledger.read()
     assert drawn == [1, 2, 3]  # the k-th draw happens after the k-th charge
     assert [e.note for e in entries] == ["1-way marginals", "pair scores", "chosen marginals"]
-    z = calibrate_noise(2.0, 1e-5, 1.0, 3)
-    assert all(e.sample_rate == 1.0 and e.steps == 1 and e.noise_multiplier == pytest.approx(z)
-               for e in entries)
+    # one Gaussian release of multiplier z, split: release i gets z / sqrt(share_i), so the
+    # three 1/z_i^2 (each release's zCDP rho, times 2) add up to the one release's 1/z^2
+    z, shares = calibrate_noise(2.0, 1e-5, 1.0, 1), np.array([0.2, 0.1, 0.7])
+    assert [e.noise_multiplier for e in entries] == pytest.approx(list(z / np.sqrt(shares)))
+    assert all(e.sample_rate == 1.0 and e.steps == 1 for e in entries)
+    assert sum(e.noise_multiplier ** -2 for e in entries) == pytest.approx(z ** -2)
     assert epsilon_from_ledger(entries, 1e-5) == pytest.approx(2.0, abs=1e-4)
     assert PrivacyAccountant(MarginalSynthesizer.planned_releases(FAST, 2.0, 1e-5)).epsilon(1e-5) == \
         pytest.approx(epsilon_from_ledger(entries, 1e-5), rel=1e-9)
@@ -126,35 +129,21 @@ def test_every_release_is_in_the_ledger_before_it_is_drawn(schema, tmp_path, mon
     assert ledger.path.read_bytes() == before
 
 
-def _federated(schema, parts, epsilon, seed):
-    """The coordinator's half over several sites' releases, in one process."""
-    sites = [MarginalSynthesizer(schema, epsilon=epsilon, config=FAST, noise_seed=seed + i)
-             for i in range(len(parts))]
-    noise = [s.plan(len(p)) for s, p in zip(sites, parts, strict=True)]
-    coordinator = MarginalSynthesizer(schema, epsilon=None, config=FAST)
-    mapping = coordinator.after_one_ways([Release(s.site_code(p), z, s.release_one_ways(p))
-                                          for s, p, z in zip(sites, parts, noise, strict=True)])
-    scores = np.sum([s.release_scores(p, coordinator.candidates(), mapping)
-                     for s, p in zip(sites, parts, strict=True)], axis=0)
-    cliques = coordinator.choose_cliques(scores)
-    coordinator.after_tables([Release(s.site_code(p), z, s.release_tables(p, cliques, mapping))
-                              for s, p, z in zip(sites, parts, noise, strict=True)])
-    return coordinator
-
-
 def test_federated_mst_on_iid_sites_matches_central_mst_at_the_same_noise(schema) -> None:
     """Three IID sites each add their own noise; a central curator adding the same total noise
     (sqrt(3) times a site's deviation) gets the same model up to the noise draws."""
     train, test = _dependent_frame(schema, 3000, seed=5), _dependent_frame(schema, 1000, seed=6)
     parts = [train.iloc[i::3].reset_index(drop=True) for i in range(3)]
-    federated = _federated(schema, parts, epsilon=3.0, seed=10)
-    site_z = calibrate_noise(3.0, 1e-5, 1.0, 3)
+    federated = fit_federated(schema, parts, epsilon=3.0, config=FAST, noise_seed=10)
+    site_z = calibrate_noise(3.0, 1e-5, 1.0, 1)  # before the split into the three releases
     central_epsilon = _epsilon_for_noise(site_z / np.sqrt(3))
     central = MarginalSynthesizer(schema, epsilon=central_epsilon, config=FAST, noise_seed=20).fit(train)
-    assert central.plan(len(train)) == pytest.approx(site_z / np.sqrt(3), rel=1e-3)
+    site = MarginalSynthesizer(schema, epsilon=3.0, config=FAST)
+    site.plan(len(parts[0]))
+    assert [central.noise_multiplier(i) for i in range(3)] == \
+        pytest.approx([site.noise_multiplier(i) / np.sqrt(3) for i in range(3)], rel=1e-3)
     got = {name: quality_scores(test, m.sample(1500, seed=1), schema)["column_pair_trends"]
            for name, m in (("federated", federated), ("central", central))}
-    print(got)
     assert abs(got["federated"] - got["central"]) < 0.05, got
     untrained = quality_scores(test, random_frame(schema, 1500, seed=7), schema)["column_pair_trends"]
     assert min(got.values()) > untrained + 0.05, (got, untrained)
@@ -164,7 +153,7 @@ def _epsilon_for_noise(z: float) -> float:
     lo, hi = 0.01, 100.0
     for _ in range(60):  # the accountant's epsilon falls as z grows: bisect on the epsilon
         mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if calibrate_noise(mid, 1e-5, 1.0, 3) > z else (lo, mid)
+        lo, hi = (mid, hi) if calibrate_noise(mid, 1e-5, 1.0, 1) > z else (lo, mid)
     return hi
 
 
@@ -192,3 +181,57 @@ def test_a_saved_model_loads_and_samples_the_same(schema, tmp_path) -> None:
     loaded = TabularFamily.load(tmp_path / "model")
     assert isinstance(loaded, MarginalSynthesizer) and loaded.cliques == model.cliques
     pd.testing.assert_frame_equal(loaded.sample(200, seed=4), model.sample(200, seed=4))
+
+
+def test_the_tree_sampler_matches_the_model_exactly() -> None:
+    """Belief propagation gives the exact marginals of the model (brute force over the joint of
+    a small model with a loop and a chain), and its samples follow them."""
+    import itertools
+
+    from common.marginal.sampler import TreeSampler
+
+    rng = np.random.default_rng(0)
+    sizes = {"a": 3, "b": 2, "c": 4, "d": 2, "e": 3}
+    cliques = [("a", "b"), ("b", "c"), ("a", "c"), ("c", "d"), ("e",)]
+    potentials = {cl: rng.normal(0, 1.5, [sizes[x] for x in cl]) for cl in cliques}
+    names = list(sizes)
+    joint = np.zeros([sizes[x] for x in names])
+    for index in itertools.product(*(range(sizes[x]) for x in names)):
+        cell = dict(zip(names, index, strict=True))
+        joint[index] = np.exp(sum(t[tuple(cell[x] for x in cl)] for cl, t in potentials.items()))
+    joint /= joint.sum()
+    sampler = TreeSampler(sizes, potentials)
+    for node, marginal in sampler.marginals.items():
+        exact = joint.sum(axis=tuple(i for i, x in enumerate(names) if x not in node))
+        np.testing.assert_allclose(np.transpose(marginal, [node.index(x) for x in names if x in node]),
+                                   exact, atol=1e-12)
+    codes = sampler.sample(200_000, np.random.default_rng(1))
+    counts = np.zeros([sizes[x] for x in names])
+    np.add.at(counts, tuple(codes[x] for x in names), 1)
+    assert 0.5 * np.abs(counts / counts.sum() - joint).sum() < 0.02
+    # given evidence, the same exactness for the conditional: the joint restricted to c = 3
+    given = sampler.given({"c": 3})
+    conditional = np.where((np.arange(4) == 3)[None, None, :, None, None], joint, 0.0)
+    conditional /= conditional.sum()
+    for node, marginal in given.marginals.items():
+        exact = conditional.sum(axis=tuple(i for i, x in enumerate(names) if x not in node))
+        np.testing.assert_allclose(np.transpose(marginal, [node.index(x) for x in names if x in node]),
+                                   exact, atol=1e-12)
+    assert set(given.sample(1000, np.random.default_rng(2))["c"]) == {3}
+
+
+def test_a_rare_condition_is_sampled_from_the_exact_conditional(schema) -> None:
+    """A label value the model almost never draws: rejection sampling alone gives up within its
+    200 draws per record, the conditioned model delivers, and keeps the planted dependency."""
+    frame = _dependent_frame(schema, 1500, seed=11)
+    frame.loc[frame.index[:1490], "mechanism"] = "fall"  # 10 records of the other classes
+    model = MarginalSynthesizer(schema, epsilon=None, config=FAST).fit(frame)
+    unconditioned = model.sample(20_000, seed=1)["mechanism"].value_counts(normalize=True)
+    rare = unconditioned.idxmin()
+    assert unconditioned[rare] < 1 / 200  # what rejection sampling could not meet
+    drawn = model.sample(300, conditions={"mechanism": rare}, seed=2)
+    assert len(drawn) == 300 and set(drawn["mechanism"]) == {rare}
+    assert (drawn["region"].astype(str) == drawn["sex"].map({"F": "head", "M": "torso", "U": "limb"})
+            .astype(str)).mean() > 0.9
+    older = model.sample(100, conditions={"age": 80}, seed=3)  # a number: its bin, then rejection
+    assert set(older["age"]) == {80}

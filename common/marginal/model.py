@@ -27,6 +27,8 @@ from common.errors import InputError
 from common.fileio import atomic_write_text
 from common.marginal import mst
 from common.marginal.cells import DEFAULT_BINS, Cells
+from common.marginal.pgm import private_pgm
+from common.marginal.sampler import TreeSampler
 from common.privacy.accountant import DEFAULT_DELTA, Entry, calibrate_noise
 from common.privacy.ledger import Ledger
 from common.privacy.planned import PlannedBudget
@@ -34,11 +36,15 @@ from common.schema import Schema
 from common.tabular.conditions import parse_conditions, rejection_sample
 from common.version import __version__
 
-RELEASES = 3  # 1-ways, pair scores, chosen marginals: one noise multiplier for the three
+RELEASES = ("1-way marginals", "pair scores", "chosen marginals")
 DEFAULT_CONFIG: dict[str, Any] = {
     "bins": DEFAULT_BINS,     # equal-width bins of a number over its public bounds
     "iters": 2000,            # mirror-descent iterations of the fit
     "site_attribute": True,   # model the schema's site column (one site code per site)
+    "site_tables": False,     # also each site's chosen marginals as rows of (site, ...) ones
+    "budget_split": [0.2, 0.1, 0.7],  # zCDP shares of the three releases (MST: thirds); measured
+                                      # in benchmarks/RESULTS.md, fixed here
+    "label_pairs": True,      # the label with every feature, always; False: the label in the tree
     "max_model_mb": 16.0,     # junction-tree size cap (mbi's measure); above it, no site attribute
     "max_draws_per_record": 200,  # rejection sampling gives up beyond this many candidates/record
 }
@@ -53,18 +59,6 @@ class Release:
     code: int
     noise: float
     parts: Any  # {attribute: 1-way} at the first step, [table per clique] at the third
-
-
-def _mbi():
-    """private-pgm, with JAX in float64 (its estimates stall in float32) and without JAX's
-    persistent compilation cache (counterproductive for mbi's many small programs, says mbi)."""
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    jax.config.update("jax_enable_compilation_cache", False)
-    import mbi
-
-    return mbi
 
 
 class MarginalSynthesizer(PlannedBudget):
@@ -97,34 +91,44 @@ class MarginalSynthesizer(PlannedBudget):
         self.total = 1.0
         self.with_site = False
         self.label_counts: np.ndarray | None = None
+        self._sampler: TreeSampler | None = None  # built from the potentials on first use
 
     # --- the plan -------------------------------------------------------------------------
     @staticmethod
     def planned_releases(config: Mapping[str, Any] | None, epsilon: float, delta: float) -> list[Entry]:
-        """The three Gaussian releases (sampling rate 1), one noise multiplier for all."""
-        resolve_config(config)
-        return [(calibrate_noise(epsilon, delta, 1.0, RELEASES), 1.0, RELEASES)]
+        """The three Gaussian releases (sampling rate 1). A Gaussian release's RDP is
+        alpha / (2 z^2) exactly, so releases with multipliers z / sqrt(share) compose to one
+        release of multiplier z: calibrate that one, then split it by ``budget_split``."""
+        return _split(calibrate_noise(epsilon, delta, 1.0, 1), resolve_config(config))
 
     def plan(self, n_records: int, planned_steps: int = 0) -> float | None:
-        """Calibrate the three releases' noise multiplier once (the steps are DP-SGD's: none)."""
-        if self._plan is not None:
-            return self._plan["noise_multiplier"]
-        if n_records < 1:
-            raise InputError(f"plan needs at least one record (got {n_records}).")
-        self._plan = {"n_records": int(n_records), "planned_steps": 0, "noise_multiplier": None}
-        if self.private:
-            from common.privacy.budget import PrivacyBudget
+        """Calibrate the three releases' noise once (the steps are DP-SGD's: none); returns the
+        first release's noise multiplier (None without DP)."""
+        if self._plan is None:
+            if n_records < 1:
+                raise InputError(f"plan needs at least one record (got {n_records}).")
+            self._plan = {"n_records": int(n_records), "planned_steps": 0, "noise_multiplier": None,
+                          "noise_multipliers": None}
+            if self.private:
+                from common.privacy.budget import PrivacyBudget
 
-            self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
-            self._plan["noise_multiplier"] = self.budget.calibrate(1.0, RELEASES)
-        return self._plan["noise_multiplier"]
+                self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
+                z = self.budget.calibrate(1.0, 1)
+                self._plan["noise_multipliers"] = [e[0] for e in _split(z, self.config)]
+                self._plan["noise_multiplier"] = z
+        return self.noise_multiplier(0)
+
+    def noise_multiplier(self, release: int) -> float | None:
+        """The multiplier of release ``release`` (0, 1, 2): a function of the share and delta."""
+        zs = self._plan["noise_multipliers"] if self._plan else None
+        return None if zs is None else zs[release]
 
     def _release(self, exact: np.ndarray, sensitivity: float, note: str) -> np.ndarray:
         """The Gaussian mechanism on ``exact`` (L2 ``sensitivity``), charged first."""
         self._require_plan()
         if not self.private:
             return exact
-        z = self._plan["noise_multiplier"]
+        z = self.noise_multiplier(RELEASES.index(note))
         self.budget.charge(z, 1.0, 1, note=note)
         seed = None if self.noise_seed is None else [self.noise_seed, self.releases_made]
         self.releases_made += 1
@@ -181,40 +185,51 @@ class MarginalSynthesizer(PlannedBudget):
         self.label_counts = np.clip(summed[self.label], 0.0, None)
         self.total = max(float(summed[self.label].sum()), 1.0)
         codes = [code for code, *_ in self.one_ways]
-        self.with_site = (self.site is not None and self.config["site_attribute"]
+        self.with_site = (self.site is not None and self.config["site_attribute"] and len(codes) > 1
                           and min(codes) >= 0 and len(set(codes)) == len(codes))
         return dict(self.mapping)
 
     def candidates(self) -> list[tuple[str, str]]:
-        return mst.candidate_pairs(self.features)
+        """The pairs scored: the features' (the label's pairs are measured anyway), or every
+        attribute's but the site's when the label is in the tree like any column."""
+        return mst.candidate_pairs(self.features if self.config["label_pairs"]
+                                   else [self.label, *self.features])
 
     def choose_cliques(self, scores: np.ndarray) -> list[tuple[str, ...]]:
-        """The label with every feature, and a maximum spanning tree over the features by the
-        summed noisy scores; the site attribute stays only if the model fits the size cap."""
-        tree = mst.spanning_tree(self.features, self.candidates(), scores)
-        self.cliques = [(self.label, a) for a in self.features] + tree
+        """A maximum spanning tree by the summed noisy scores (and the label with every feature
+        when ``label_pairs``); the site attribute stays only if the model fits the size cap."""
+        nodes = self.features if self.config["label_pairs"] else [self.label, *self.features]
+        tree = mst.spanning_tree(nodes, self.candidates(), scores)
+        stars = [(self.label, a) for a in self.features] if self.config["label_pairs"] else []
+        self.cliques = stars + tree
         if self.with_site and self._model_mb() > self.config["max_model_mb"]:
             self.with_site = False
         return list(self.cliques)
 
     def after_tables(self, releases: Sequence[Release]) -> None:
         """Fit the graphical model to every noisy marginal the sites released."""
-        mbi = _mbi()
+        mbi = private_pgm()
         measurements = [*self._one_way_measurements(), *self._table_measurements(releases)]
         fitted = mbi.estimation.MirrorDescent().estimate(self._domain(), measurements,
                                                          known_total=self.total,
                                                          iters=int(self.config["iters"]))
         self.potentials = {cl: np.asarray(fitted.potentials[cl].values, dtype=np.float64)
                            for cl in fitted.potentials.cliques}
+        self._sampler = None
+
+    def _model_sizes(self) -> dict[str, int]:
+        """The model's attributes (the site only when modelled) and their compressed sizes."""
+        return {a: mst.compressed_size(a, self.sizes, self.mapping) for a in self.cells.names
+                if a != self.site or self.with_site}
 
     def _domain(self):
-        names = [a for a in self.cells.names if a != self.site or self.with_site]
-        return _mbi().Domain.fromdict({a: mst.compressed_size(a, self.sizes, self.mapping) for a in names})
+        return private_pgm().Domain.fromdict(self._model_sizes())
 
     def _model_mb(self) -> float:
         site = (self.site,) if self.with_site else ()
-        cliques = [site + (a,) for a in self.features + [self.label]] + [site + cl for cl in self.cliques]
-        return float(_mbi().junction_tree.hypothetical_model_size(self._domain(), cliques))
+        tables = site if self.config["site_tables"] else ()
+        cliques = [site + (a,) for a in self.features + [self.label]] + [tables + cl for cl in self.cliques]
+        return float(private_pgm().junction_tree.hypothetical_model_size(self._domain(), cliques))
 
     def _one_way_measurements(self) -> list:
         parts = len(self.cells.names)
@@ -234,15 +249,18 @@ class MarginalSynthesizer(PlannedBudget):
 
     def _table_measurements(self, releases: Sequence[Release]) -> list:
         parts = len(self.cliques)
-        return [self._measurement(clique, [(r.code, r.noise * np.sqrt(parts), r.parts[i], None)
-                                           for r in releases])
-                for i, clique in enumerate(self.cliques)]
+        rows = [[(r.code, r.noise * np.sqrt(parts), r.parts[i], None) for r in releases]
+                for i in range(len(self.cliques))]
+        if self.with_site and self.config["site_tables"]:
+            return [self._measurement(clique, row) for clique, row in zip(self.cliques, rows, strict=True)]
+        return [self._summed(clique, [(dev, y) for _, dev, y, _ in row])
+                for clique, row in zip(self.cliques, rows, strict=True)]
 
     def _measurement(self, clique: tuple[str, ...], rows: Sequence[tuple[int, float, np.ndarray, Any]]):
         """One mbi measurement of ``clique`` from the sites' noisy tables (code, deviation,
         values, cell weights): with the site attribute, each site's table is the row of its code
         in the (site, ...) marginal, scaled to unit noise; without, the sum."""
-        mbi = _mbi()
+        mbi = private_pgm()
         if not self.with_site:
             return self._summed(clique, [(dev, y) for _, dev, y, _ in rows], rows[0][3])
         rows = sorted(rows, key=lambda row: row[0])
@@ -254,7 +272,7 @@ class MarginalSynthesizer(PlannedBudget):
         return mbi.LinearMeasurement(y, (self.site, *clique), 1.0, query=query)
 
     def _summed(self, clique: tuple[str, ...], rows: Sequence[tuple[float, np.ndarray]], cell_weights=None):
-        mbi = _mbi()
+        mbi = private_pgm()
         y = np.sum([np.asarray(values, dtype=float) for _, values in rows], axis=0)
         std = float(np.sqrt(sum(dev ** 2 for dev, _ in rows)))
         if cell_weights is None:
@@ -272,22 +290,37 @@ class MarginalSynthesizer(PlannedBudget):
             raise InputError("the marginal model is not fitted yet; train it (or load a released one).")
         wanted = parse_conditions(self.schema, conditions or {})
         rng = np.random.default_rng(secrets.randbits(63) if seed is None else seed)
-        model = self._mrf()
+        if self._sampler is None:
+            self._sampler = TreeSampler(self._model_sizes(), self.potentials)
+        sampler = self._sampler.given(self._evidence(wanted, rng)) if wanted else self._sampler
 
         def draw(size: int) -> pd.DataFrame:
-            state = np.random.get_state()  # mbi samples from numpy's global generator
-            np.random.seed(int(rng.integers(2**32)))
-            try:
-                codes = model.synthetic_data(size).to_dict()
-            finally:
-                np.random.set_state(state)
-            for attr, cells in self.mapping.items():
-                codes[attr] = self._decompress(np.asarray(codes[attr]), cells, self.other_weights[attr], rng)
-            frame = self.cells.decode(codes, rng)
+            frame = self._records(sampler, size, rng)
             return frame if self.with_site else frame.drop(columns=[self.site], errors="ignore")
 
         return rejection_sample(draw, n, wanted, n * self.config["max_draws_per_record"],
                                 conditions or {})
+
+    def _records(self, sampler: TreeSampler, size: int, rng: np.random.Generator) -> pd.DataFrame:
+        """``size`` records of ``sampler``, decompressed and decoded through the schema."""
+        codes = sampler.sample(size, rng)
+        for attr, cells in self.mapping.items():
+            codes[attr] = self._decompress(np.asarray(codes[attr]), cells, self.other_weights[attr], rng)
+        return self.cells.decode(codes, rng)
+
+    def _evidence(self, wanted: Mapping[str, Any], rng: np.random.Generator) -> dict[str, int]:
+        """The model cell of each condition: a record with the wanted values, encoded through
+        the schema's cells like any record, then mapped through the compression. Sampling from
+        the model given these cells leaves only the within-cell detail (a bin's other values, a
+        merged cell's other codes) to rejection sampling."""
+        template = self._records(self._sampler, 1, rng)
+        if self.site is not None and self.site not in template:  # unmodelled: any code encodes
+            template[self.site] = pd.Categorical.from_codes([0], categories=self.schema[self.site].categories)
+        for name, value in wanted.items():
+            template[name] = pd.Series([value], dtype=template[name].dtype)
+        codes = self.cells.encode(template)
+        return {name: int(self.mapping[name][codes[name][0]]) if name in self.mapping else int(codes[name][0])
+                for name in wanted}
 
     @staticmethod
     def _decompress(codes: np.ndarray, cells: np.ndarray, weights: np.ndarray,
@@ -304,22 +337,14 @@ class MarginalSynthesizer(PlannedBudget):
         out[other] = rng.choice(merged, int(other.sum()), p=p)
         return out
 
-    def _mrf(self):
-        mbi = _mbi()
-        domain = self._domain()
-        tables = {cl: mbi.Factor(domain.project(cl), values) for cl, values in self.potentials.items()}
-        potentials = mbi.CliqueVector(domain, list(self.potentials), tables)
-        marginals = mbi.marginal_oracles.message_passing_stable(potentials, self.total)
-        return mbi.MarkovRandomField(potentials=potentials, marginals=marginals, total=self.total)
-
     # --- one process: the local-only and centralized baselines ----------------------------
     def fit(self, df: pd.DataFrame, steps: int | None = None) -> MarginalSynthesizer:
         """MST on one data holder's records: its three releases, then the model."""
-        noise = self.plan(len(df)) or 1.0  # without DP: unit weights
-        code = self.site_code(df)
-        mapping = self.after_one_ways([Release(code, noise, self.release_one_ways(df))])
+        self.plan(len(df))
+        code, noise = self.site_code(df), [self.noise_multiplier(i) or 1.0 for i in range(3)]
+        mapping = self.after_one_ways([Release(code, noise[0], self.release_one_ways(df))])
         cliques = self.choose_cliques(self.release_scores(df, self.candidates(), mapping))
-        self.after_tables([Release(code, noise, self.release_tables(df, cliques, mapping))])
+        self.after_tables([Release(code, noise[2], self.release_tables(df, cliques, mapping))])
         return self
 
     # --- persistence ----------------------------------------------------------------------
@@ -345,6 +370,7 @@ class MarginalSynthesizer(PlannedBudget):
         self.cliques = [tuple(c) for c in state["cliques"]]
         self.one_ways = [(int(code), float(noise), plain(parts)) for code, noise, parts in state["one_ways"]]
         self.potentials = {tuple(k.split("|")): v.numpy() for k, v in state["potentials"].items()}
+        self._sampler = None
         self.total, self.with_site = float(state["total"]), bool(state["with_site"])
         self.label_counts = None if state["label_counts"] is None else np.asarray(state["label_counts"])
         self._restore_privacy_state(state)
@@ -370,6 +396,12 @@ class MarginalSynthesizer(PlannedBudget):
         return model
 
 
+def _split(z: float, config: Mapping[str, Any]) -> list[Entry]:
+    """One Gaussian release of multiplier ``z`` split into three of the same total RDP."""
+    shares = np.asarray(config["budget_split"], dtype=float)
+    return [(float(z / np.sqrt(share / shares.sum())), 1.0, 1) for share in shares]
+
+
 def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     config = dict(config or {})
     unknown = sorted(set(config) - set(DEFAULT_CONFIG))
@@ -379,4 +411,31 @@ def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     resolved = {**DEFAULT_CONFIG, **config}
     if int(resolved["bins"]) < 2 or int(resolved["iters"]) < 1:
         raise InputError(f"bins must be >= 2 and iters >= 1 (got {resolved['bins']}, {resolved['iters']}).")
+    split = resolved["budget_split"]
+    if not (isinstance(split, list) and len(split) == len(RELEASES) and all(float(x) > 0 for x in split)):
+        raise InputError(f"budget_split must be {len(RELEASES)} positive shares (1-ways, pair "
+                         f"scores, chosen marginals), got {split!r}.")
     return json.loads(json.dumps(resolved))
+
+
+def fit_federated(schema: Schema, parts: Sequence[pd.DataFrame], epsilon: float | None,
+                  delta: float = DEFAULT_DELTA, config: Mapping[str, Any] | None = None,
+                  noise_seed: int | None = None) -> MarginalSynthesizer:
+    """Federated MST over ``parts`` (one frame per site) in one process: each site's three
+    releases with its own noise (seeds ``noise_seed + i`` when given), and the coordinator's model;
+    what the ``mst`` stage computes, without Flower (benchmarks, tests)."""
+    sites = [MarginalSynthesizer(schema, epsilon=epsilon, delta=delta, config=config,
+                                 noise_seed=None if noise_seed is None else noise_seed + i)
+             for i in range(len(parts))]
+    for site, part in zip(sites, parts, strict=True):
+        site.plan(len(part))
+    codes = [site.site_code(part) for site, part in zip(sites, parts, strict=True)]
+    model = MarginalSynthesizer(schema, epsilon=None, config=config)
+    mapping = model.after_one_ways([Release(c, s.noise_multiplier(0) or 1.0, s.release_one_ways(p))
+                                    for s, p, c in zip(sites, parts, codes, strict=True)])
+    scores = np.sum([s.release_scores(p, model.candidates(), mapping)
+                     for s, p in zip(sites, parts, strict=True)], axis=0)
+    cliques = model.choose_cliques(scores)
+    model.after_tables([Release(c, s.noise_multiplier(2) or 1.0, s.release_tables(p, cliques, mapping))
+                        for s, p, c in zip(sites, parts, codes, strict=True)])
+    return model

@@ -107,14 +107,17 @@ def evaluate_files(schema_path: str | Path, real_path: str | Path, synthetic_pat
 
 
 def load_synthetic(path: str | Path, schema: Schema) -> pd.DataFrame:
-    """A synthetic file as a typed frame. It holds the released columns only (the modeled ones and,
-    when narratives were written, the narrative, which may be empty for records not narrated), so
-    it is checked against those; identifiers and the site column are not expected."""
+    """A synthetic file as a typed frame. It holds the released columns only (the modeled ones;
+    when narratives were written, the narrative, which may be empty for records not narrated; the
+    site column when the generator models the site), so it is checked against those; identifiers
+    are not expected."""
     raw = read_raw(path)
     released = [c for c in schema.columns if c.modeled]
     if schema.narrative is not None and schema.narrative.name in raw.columns:
         # A quick run narrates some of its records: an empty narrative is not an error here.
         released.append(replace(schema.narrative, nullable=True))
+    if schema.site is not None and schema.site.name in raw.columns:
+        released.append(schema.site)
     result = validate_frame(raw, Schema(name=schema.name, columns=tuple(released),
                                         version=schema.version, source=schema.source), str(path))
     if not result.ok:  # the generic fix (quarantine the rows) is for training data, not here

@@ -33,13 +33,13 @@ class MarginalMeasurements(Stage):
         step = int(request.values.get("step", -1))
         name = self.spec.model
         model, records = run.model(name), run.records(name)
-        noise = model.plan(len(records))
+        model.plan(len(records))
         mapping = {k[len(MAPPING):]: v.astype(np.int64) for k, v in request.arrays.items()
                    if k.startswith(MAPPING)}
         if step == 0:
             parts = model.release_one_ways(records)
             reply = Payload(arrays={ONE_WAY + a: v for a, v in parts.items()},
-                            values={"site_code": model.site_code(records), "noise": noise})
+                            values={"site_code": model.site_code(records)})
         elif step == 1:
             pairs = [tuple(p) for p in request.values["pairs"]]
             reply = Payload(arrays={SCORES: model.release_scores(records, pairs, mapping)})
@@ -50,6 +50,7 @@ class MarginalMeasurements(Stage):
         else:
             raise PlanRefused(f"the mst stage has steps 0..{STEPS - 1}, not {step}.")
         run.save_model(model)
+        reply.values["noise"] = model.noise_multiplier(step)  # the share's and delta's alone
         return reply
 
     def coordinator(self, ctx: CoordinatorContext) -> Coordinator:
@@ -86,9 +87,10 @@ class MarginalsCoordinator(Coordinator):
             return f"released arrays {sorted(shapes)[:4]}... do not match the request"
         if not all(np.isfinite(a).all() for a in reply.arrays.values()):
             return "released values hold NaN or infinite values"
-        if self.step == 0 and not (float(reply.values.get("noise") or 0) > 0
-                                   and -1 <= int(reply.values.get("site_code", -2)) < 10**6):
-            return "the release carries no valid noise multiplier or site code"
+        if not float(reply.values.get("noise") or 0) > 0:
+            return "the release carries no valid noise multiplier"
+        if self.step == 0 and not -1 <= int(reply.values.get("site_code", -2)) < 10**6:
+            return "the release carries no valid site code"
         return None
 
     def _expected(self) -> dict[str, tuple[int, ...]]:
@@ -116,7 +118,8 @@ class MarginalsCoordinator(Coordinator):
         else:
             tables = {n: [replies[n].arrays[f"{TABLE}{i}"] for i in range(len(self.model.cliques))]
                       for n in nodes}
-            self.model.after_tables([Release(self.codes[n], self.noise[n], tables[n]) for n in nodes])
+            self.model.after_tables([Release(self.codes[n], float(replies[n].values["noise"]), tables[n])
+                                     for n in nodes])
         self.step += 1
 
     def state_dict(self) -> Payload:

@@ -18,7 +18,7 @@ from common.marginal.model import MarginalSynthesizer
 from common.marginal.model import resolve_config as resolve_marginal_config
 from common.privacy.accountant import DEFAULT_DELTA, Entry
 from common.privacy.ledger import Ledger
-from common.run_plan import MARGINAL_KINDS, ModelSpec, PlanRefused
+from common.run_plan import MARGINAL_KINDS, TABULAR_KINDS, ModelSpec, PlanRefused
 from common.saved_model import read_model_folder
 from common.schema import Schema
 from common.tabular.synthesizer import FILES as TABULAR_FILES
@@ -29,7 +29,7 @@ class TabularFamily:
     """The tabular generators: deep ones trained in rounds (``vae``, ``ddpm``) and the marginal
     model (``mst``); they learn from the whole train split."""
 
-    kinds = ("vae", "ddpm", *MARGINAL_KINDS)
+    kinds = TABULAR_KINDS
 
     def build(self, schema: Schema, spec: ModelSpec, seed: int, epsilon: float | None = None,
               delta: float = DEFAULT_DELTA, noise_seed: int | None = None, max_grad_norm: float = 1.0,

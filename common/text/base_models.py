@@ -36,6 +36,7 @@ from transformers import (
 )
 from transformers.utils.logging import disable_progress_bar
 
+from common.cache import cache_dir
 from common.errors import InputError
 from common.schema import Schema
 
@@ -62,11 +63,6 @@ _PUBLIC_WORDS = ("patient pt presents with after s/p c/o dx yom yof y/o male fem
                  "injury head neck chest back arm leg hand foot knee hip ankle wrist shoulder "
                  "discharged home admitted icu or transferred ct done neg gcs loc etoh biba ems "
                  "record note write the emergency department triage for this user model")
-
-
-def cache_dir() -> Path:
-    """``$FEDSYNTH_CACHE``, else ``fedsynth-cache`` in the system's temporary folder."""
-    return Path(os.environ.get("FEDSYNTH_CACHE") or Path(tempfile.gettempdir()) / "fedsynth-cache")
 
 
 def load_base_model(spec: str, *, schema: Schema | None = None,
