@@ -177,10 +177,12 @@ def test_update_checks_and_average() -> None:
 
 # --- FedProx ------------------------------------------------------------------------------------
 def test_proximal_mu_travels_from_the_run_config_to_the_sites_plan() -> None:
-    settings = settings_from_run_config({"schema-path": "schema.yaml", "proximal-mu": 0.5})
+    """FedProx is for the rounds that average updates (the deep generators'; mst has none)."""
+    rounds = {"schema-path": "schema.yaml", "generator": "vae"}
+    settings = settings_from_run_config({**rounds, "proximal-mu": 0.5})
     received = RunPlan.from_json(settings.plan.to_json())
     assert received == settings.plan and received.stages[1].params["proximal_mu"] == 0.5
-    plain = settings_from_run_config({"schema-path": "schema.yaml"}).plan
+    plain = settings_from_run_config(rounds).plan
     assert plain.stages[1].params["proximal_mu"] == 0.0  # FedAvg
     from common.errors import InputError
 
