@@ -91,7 +91,8 @@ def test_every_release_is_in_the_ledger_before_it_is_drawn(schema, tmp_path, mon
     the zCDP shares) before their noise is drawn; the ledger's epsilon recomputed from its entries alone
     equals the budget; a fourth release is refused, spending nothing."""
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    model = MarginalSynthesizer(schema, epsilon=2.0, delta=1e-5, config=FAST, ledger=ledger)
+    config = {**FAST, "budget_split": [0.2, 0.1, 0.7]}  # uneven shares: each its own multiplier
+    model = MarginalSynthesizer(schema, epsilon=2.0, delta=1e-5, ledger=ledger, config=config)
     frame, drawn = _dependent_frame(schema, 500, seed=3), []
     original = np.random.default_rng
 
@@ -121,7 +122,7 @@ def test_every_release_is_in_the_ledger_before_it_is_drawn(schema, tmp_path, mon
     assert all(e.sample_rate == 1.0 and e.steps == 1 for e in entries)
     assert sum(e.noise_multiplier ** -2 for e in entries) == pytest.approx(z ** -2)
     assert epsilon_from_ledger(entries, 1e-5) == pytest.approx(2.0, abs=1e-4)
-    assert PrivacyAccountant(MarginalSynthesizer.planned_releases(FAST, 2.0, 1e-5)).epsilon(1e-5) == \
+    assert PrivacyAccountant(MarginalSynthesizer.planned_releases(config, 2.0, 1e-5)).epsilon(1e-5) == \
         pytest.approx(epsilon_from_ledger(entries, 1e-5), rel=1e-9)
     before = ledger.path.read_bytes()
     with pytest.raises(BudgetExceededError):

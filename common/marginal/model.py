@@ -42,8 +42,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "iters": 2000,            # mirror-descent iterations of the fit
     "site_attribute": True,   # model the schema's site column (one site code per site)
     "site_tables": False,     # also each site's chosen marginals as rows of (site, ...) ones
-    "budget_split": [0.2, 0.1, 0.7],  # zCDP shares of the three releases (MST: thirds); measured
-                                      # in benchmarks/RESULTS.md, fixed here
+    "budget_split": [1, 1, 1],  # zCDP shares of the three releases: MST's thirds (0.2/0.1/0.7
+                                # scored no better, benchmarks/RESULTS.md 2026-12-01)
     "label_pairs": True,      # the label with every feature, always; False: the label in the tree
     "max_model_mb": 16.0,     # junction-tree size cap (mbi's measure); above it, no site attribute
     "max_draws_per_record": 200,  # rejection sampling gives up beyond this many candidates/record
