@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from common.marginal.model import Release
+from common.marginal.model import Release, noisy_size
 from common.run_plan import PlanRefused
 from common.stages.base import Coordinator, CoordinatorContext, Payload, Stage
 from common.stages.site import SiteRun
@@ -111,8 +111,7 @@ class MarginalsCoordinator(Coordinator):
             self.noise = {n: float(replies[n].values["noise"]) for n in nodes}
             parts = {n: {k[len(ONE_WAY):]: v for k, v in replies[n].arrays.items()} for n in nodes}
             self.model.after_one_ways([Release(self.codes[n], self.noise[n], parts[n]) for n in nodes])
-            label = self.model.label
-            self.ctx.weights = {n: max(float(parts[n][label].sum()), 1.0) for n in nodes}
+            self.ctx.weights = {n: noisy_size(parts[n]) for n in nodes}
         elif self.step == 1:
             self.model.choose_cliques(np.sum([replies[n].arrays[SCORES] for n in nodes], axis=0))
         else:
