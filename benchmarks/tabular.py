@@ -1,6 +1,6 @@
-"""Tabular generators side by side: federated MST (per-site noise), central MST, DP-VAE and
-DP-DDPM at several epsilons against the independent-marginals baseline and SDV's GaussianCopula
-and TVAE (non-DP peers).
+"""Tabular generators side by side: federated MST and AIM (per-site noise), central MST and AIM,
+DP-VAE and DP-DDPM at several epsilons against the independent-marginals baseline and SDV's
+GaussianCopula and TVAE (non-DP peers).
 
     python benchmarks/tabular.py [--quick] [--data sim|neiss] [--seed N] [--threads N]
 
@@ -8,8 +8,8 @@ Every row is measured in one run on one machine, so fit times, samples/s and the
 (fit time over the same model, same steps, without DP) compare. Fidelity is scored against the
 held-out test split, TSTR trains on as many synthetic records as the real train split, and the
 marginals baseline and the real train split itself ("real train": TSTR = TRTR, the ceiling) are
-always in the table (BRIEF, "What the figures mean"). Federated MST splits the train split by the
-schema's site column (the simulated hospitals; NEISS strata) and runs the ``mst`` stage's site and
+always in the table (BRIEF, "What the figures mean"). Federated MST and AIM split the train split by the
+schema's site column (the simulated hospitals; NEISS strata) and runs the ``marginals`` stage's site and
 coordinator halves in one process (``fit_federated``): each site adds its own noise. Prints a
 markdown table; runs are recorded in benchmarks/RESULTS.md. SDV is a bench-only extra
 (``pip install -e '.[bench]'``, BUSL licence), never a runtime dependency: without it those rows
@@ -153,16 +153,16 @@ def load_data(data: str, profile: Profile, seed: int) -> tuple[Schema, pd.DataFr
 def candidates(schema: Schema, steps: int, tvae_epochs: int,
                seed: int) -> tuple[list[Candidate], str | None]:
     """Every generator of the table, and why the SDV peers are missing if they are."""
-    ours = [Candidate("federated MST (per-site noise)", eps, lambda eps=eps: FederatedMST(schema, eps, seed))
-            for eps in EPSILONS if eps is not None]
-    # the budget split's yardstick (the default is MST's thirds): most of it on the 2-way tables
-    uneven = {**MST_CONFIG, "budget_split": [0.2, 0.1, 0.7]}
-    ours += [Candidate("federated MST, split 0.2/0.1/0.7", 3.0,
-                       lambda: FederatedMST(schema, 3.0, seed, uneven))]
-    ours += [Candidate("MST (central)" if eps is not None else "MST (no DP)", eps,
-                       lambda eps=eps: MarginalSynthesizer(schema, epsilon=eps, config=MST_CONFIG,
-                                                           noise_seed=seed))
-             for eps in EPSILONS]
+    ours: list[Candidate] = []
+    for kind in ("mst", "aim"):
+        name = kind.upper()
+        ours += [Candidate(f"federated {name} (per-site noise)", eps,
+                           lambda eps=eps, kind=kind: FederatedMarginals(schema, kind, eps, seed))
+                 for eps in EPSILONS if eps is not None]
+        ours += [Candidate(f"{name} (central)" if eps is not None else f"{name} (no DP)", eps,
+                           lambda eps=eps, kind=kind: MarginalSynthesizer(
+                               schema, kind=kind, epsilon=eps, config=MST_CONFIG, noise_seed=seed))
+                 for eps in EPSILONS]
     ours += [Candidate(f"DP-{kind.upper()}" if eps is not None else f"{kind.upper()} (no DP)", eps,
                        _synthesizer(schema, kind, eps, steps, seed))
              for kind in MODEL_CONFIG for eps in EPSILONS]
@@ -179,19 +179,20 @@ def candidates(schema: Schema, steps: int, tvae_epochs: int,
     return rows, None
 
 
-class FederatedMST:
-    """The ``mst`` stage over the sites of the train split (its site column), in one process."""
+class FederatedMarginals:
+    """The ``marginals`` stage (MST or AIM) over the sites of the train split (its site column),
+    in one process."""
 
-    def __init__(self, schema: Schema, epsilon: float, seed: int,
+    def __init__(self, schema: Schema, kind: str, epsilon: float, seed: int,
                  config: Mapping[str, Any] = MST_CONFIG) -> None:
-        self.schema, self.epsilon, self.seed, self.config = schema, epsilon, seed, config
+        self.schema, self.kind, self.epsilon, self.seed, self.config = schema, kind, epsilon, seed, config
         self.model: MarginalSynthesizer | None = None
 
-    def fit(self, df: pd.DataFrame) -> FederatedMST:
+    def fit(self, df: pd.DataFrame) -> FederatedMarginals:
         site = self.schema.site.name
         parts = [part.reset_index(drop=True) for _, part in df.groupby(site, observed=True)]
         self.model = fit_federated(self.schema, parts, self.epsilon, config=self.config,
-                                   noise_seed=self.seed)
+                                   noise_seed=self.seed, kind=self.kind)
         return self
 
     def sample(self, n: int, conditions: Mapping[str, Any] | None = None,

@@ -22,7 +22,7 @@ SITE_OWNED = frozenset({"dp_seed", "noise_seed", "seed_noise", "max_grad_norm", 
                         "noise_multiplier", "sigma", "epsilon", "delta", "sample_rate"})
 
 
-MARGINAL_KINDS = ("mst",)  # tabular generators fitted to noisy marginals, not trained in rounds
+MARGINAL_KINDS = ("mst", "aim")  # tabular generators fitted to noisy marginals, not trained in rounds
 TABULAR_KINDS = ("vae", "ddpm", *MARGINAL_KINDS)
 # The best at epsilon 3 on pair trends and detection together (benchmarks/RESULTS.md, 2026-12-01).
 DEFAULT_TABULAR_KIND = "mst"
@@ -125,8 +125,8 @@ class RunPlan:
                  tabular_config: Mapping[str, Any], proximal_mu: float = 0.0,
                  text_config: Mapping[str, Any] | None = None, text_rounds: int = 0,
                  text_local_steps: int = 0, local_only: bool = False) -> RunPlan:
-        """The run fedsynth makes: the tabular generator (a marginal model, ``mst``, in one stage
-        of measurements; a deep one, ``vae``/``ddpm``, as its label statistics then FedAvg
+        """The run fedsynth makes: the tabular generator (a marginal model, ``mst``/``aim``, in one
+        stage of measurements; a deep one, ``vae``/``ddpm``, as its label statistics then FedAvg
         rounds), then (with a text config) FedAvg rounds of the narrative model's adapters."""
         if not proximal_mu >= 0:
             raise InputError(f"proximal_mu must be >= 0 (0 is FedAvg), got {proximal_mu}.")
@@ -134,7 +134,7 @@ class RunPlan:
             raise InputError(f"a run with narratives needs text rounds and local steps >= 1 (got "
                              f"{text_rounds} and {text_local_steps}).")
         models = {"tabular": ModelSpec("tabular", kind, dict(tabular_config))}
-        stages = [StageSpec("mst", "tabular")] if kind in MARGINAL_KINDS else [
+        stages = [StageSpec("marginals", "tabular")] if kind in MARGINAL_KINDS else [
             StageSpec("label_counts", "tabular"),
             StageSpec("fedavg", "tabular", {"rounds": rounds, "local_steps": local_steps,
                                             "proximal_mu": proximal_mu})]

@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", default="runs/simulate")
     simulate.add_argument("--profile", choices=("quick", "full"), default="quick")
     simulate.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
-                          help=f"the tabular generator: vae, ddpm, or mst (federated MST, a "
-                               f"marginal model on private-pgm); default {DEFAULT_GENERATOR}")
+                          help=f"the tabular generator: vae, ddpm, mst or aim (federated MST or AIM, "
+                               f"marginal models on private-pgm); default {DEFAULT_GENERATOR}")
     simulate.add_argument("--epsilon-tabular", type=_positive_float, default=3.0,
                           help="each site's budget for the tabular generator (3.0)")
     simulate.add_argument("--epsilon-text", type=_positive_float, default=3.0,

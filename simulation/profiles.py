@@ -17,7 +17,7 @@ class RunProfile:
     local_steps: int          # DP-SGD steps per site per round
     synthetic_records: int    # size of the released synthetic dataset
     tabular_config: dict[str, Any] = field(default_factory=dict)  # the deep generators' (vae, ddpm)
-    marginal_config: dict[str, Any] = field(default_factory=dict)  # the marginal model's (mst)
+    marginal_config: dict[str, Any] = field(default_factory=dict)  # the marginal models' (mst, aim)
     text_rounds: int = 0      # federated rounds of the narrative model's adapters
     text_local_steps: int = 0  # DP-SGD steps per site per text round
     narrated_records: int | None = None  # released records that get a narrative (None: all)

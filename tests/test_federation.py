@@ -270,23 +270,31 @@ def test_round_one_starts_from_the_sum_of_the_sites_dp_tables(tmp_path, sites, s
         assert (release.note, release.round) == ("label counts + class tables", None)
 
 
+MARGINAL_RUNS = {  # AIM with one round: three steps, as MST
+    "mst": ({"iters": 200}, ["1-way marginals", "pair scores", "chosen marginals"]),
+    "aim": ({"iters": 200, "round_iters": 100, "rounds": 1, "model_samples": 2000},
+            ["1-way marginals", "selection scores 1/1", "measured marginals 1/1"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MARGINAL_RUNS))
 def test_the_marginal_generator_runs_as_one_stage_and_its_model_generates(tmp_path, sites,
-                                                                          server_identity) -> None:
-    """Federated MST over the in-process grid: three releases per site, each in its ledger
-    under the site's share; the global model is saved, released, scored at every site, and
-    ``fedsynth generate``'s loader samples it (conditions included)."""
+                                                                          server_identity, kind) -> None:
+    """Federated MST and AIM over the in-process grid: three releases per site, each in its
+    ledger under the site's share; the global model is saved, released, scored at every site,
+    and ``fedsynth generate``'s loader samples it (conditions included)."""
     from common.marginal.model import MarginalSynthesizer
     from common.synthesis import synthesize
 
     schema_path, configs = sites
     grid = _grid(configs)
-    settings = _settings(tmp_path, schema_path, kind="mst", tabular_config={"iters": 200},
-                         synthetic_records=150)
+    config, notes = MARGINAL_RUNS[kind]
+    settings = _settings(tmp_path, schema_path, kind=kind, tabular_config=config, synthetic_records=150)
     result = run_federation(grid, settings)
     assert [m.metadata.message_type for m in grid.messages].count("query.marginals") == 3 * len(configs)
     for config in configs.values():
         entries = site_entries(config)
-        assert [e.note for e in entries] == ["1-way marginals", "pair scores", "chosen marginals"]
+        assert [e.note for e in entries] == notes
         assert epsilon_from_ledger(entries, entries[-1].delta) == pytest.approx(4.0, abs=1e-4)
         # its noisy size, for any later stage: the mean of its 28 noisy 1-way totals
         n_train = len(stratified_split(load_site_data(config.data_path, Schema.load(schema_path)),

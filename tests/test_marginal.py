@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from common.errors import BudgetExceededError
-from common.marginal import mst
+from common.marginal import aim, mst
 from common.marginal.cells import Cells
-from common.marginal.model import MarginalSynthesizer, fit_federated
+from common.marginal.model import MarginalSynthesizer, Query, fit_federated
 from common.metrics.fidelity import quality_scores
 from common.privacy.accountant import PrivacyAccountant, calibrate_noise
 from common.privacy.ledger import Ledger, epsilon_from_ledger
@@ -66,12 +66,12 @@ def test_each_release_moves_by_at_most_its_sensitivity(schema) -> None:
     frame = _dependent_frame(schema, 400, seed=2)
     exact = MarginalSynthesizer(schema, epsilon=None, config=FAST)
     exact.plan(len(frame))
-    full, less = exact.release_one_ways(frame), None
+    full, less = exact.release(frame, 0, Query()), None
     for drop in range(0, 400, 37):
         fewer = frame.drop(index=frame.index[drop])
         model = MarginalSynthesizer(schema, epsilon=None, config=FAST)
         model.plan(len(fewer))
-        less = model.release_one_ways(fewer)
+        less = model.release(fewer, 0, Query())
         diffs = np.concatenate([full[a] - less[a] for a in full])
         assert np.abs(diffs).max() == 1 and np.linalg.norm(diffs) <= np.sqrt(len(full)) + 1e-9
         pairs = exact.candidates()
@@ -80,19 +80,37 @@ def test_each_release_moves_by_at_most_its_sensitivity(schema) -> None:
         moved = (mst.pair_scores(exact.cells.encode(frame), pairs, exact.sizes, mapping, own)
                  - mst.pair_scores(exact.cells.encode(fewer), pairs, exact.sizes, mapping, own))
         assert np.abs(moved).max() <= 1 + 1e-9
+        triples = [("mechanism", "age", "sex"), ("sex", "region")]  # AIM's, against a model's rows
+        cells = [int(np.prod([mst.compressed_size(a, exact.sizes, mapping) for a in cl])) for cl in triples]
+        rows = [np.random.default_rng(i).dirichlet(np.ones(c)) for i, c in enumerate(cells)]
+        moved = (aim.model_scores(exact.cells.encode(frame), triples, exact.sizes, mapping, rows, 399.5)
+                 - aim.model_scores(exact.cells.encode(fewer), triples, exact.sizes, mapping, rows, 399.5))
+        assert np.abs(moved).max() <= 1 + 1e-9
         cliques = [("mechanism", "age"), ("sex", "region")]
         tables = [mst.table(exact.cells.encode(f), cl, exact.sizes, mapping) for f in (frame, fewer)
                   for cl in cliques]
         assert all(np.abs(tables[i] - tables[i + 2]).sum() == 1 for i in range(2))
 
 
-def test_every_release_is_in_the_ledger_before_it_is_drawn(schema, tmp_path, monkeypatch) -> None:
-    """The three releases are charged (their noise planned once from the budget and split by
-    the zCDP shares) before their noise is drawn; the ledger's epsilon recomputed from its entries alone
-    equals the budget; a fourth release is refused, spending nothing."""
+PLANS = {  # uneven shares: each release its own multiplier
+    "mst": ({**FAST, "budget_split": [0.2, 0.1, 0.7]}, [0.2, 0.1, 0.7],
+            ["1-way marginals", "pair scores", "chosen marginals"]),
+    "aim": ({**FAST, "budget_split": [0.2, 0.1, 0.7], "rounds": 2, "model_samples": 1000},
+            [0.2, 0.05, 0.35, 0.05, 0.35], ["1-way marginals", "selection scores 1/2",
+                                            "measured marginals 1/2", "selection scores 2/2",
+                                            "measured marginals 2/2"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PLANS))
+def test_every_release_is_in_the_ledger_before_it_is_drawn(schema, tmp_path, monkeypatch, kind) -> None:
+    """Every release (MST's three, AIM's 1-ways and two rounds of two) is charged (its noise
+    planned once from the budget and split by the zCDP shares) before its noise is drawn; the
+    ledger's epsilon recomputed from its entries alone equals the budget; one more release is
+    refused, spending nothing."""
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    config = {**FAST, "budget_split": [0.2, 0.1, 0.7]}  # uneven shares: each its own multiplier
-    model = MarginalSynthesizer(schema, epsilon=2.0, delta=1e-5, ledger=ledger, config=config)
+    config, split, notes = PLANS[kind]
+    model = MarginalSynthesizer(schema, kind=kind, epsilon=2.0, delta=1e-5, ledger=ledger, config=config)
     frame, drawn = _dependent_frame(schema, 500, seed=3), []
     original = np.random.default_rng
 
@@ -113,20 +131,20 @@ def test_every_release_is_in_the_ledger_before_it_is_drawn(schema, tmp_path, mon
     model.fit(frame)
     monkeypatch.undo()
     entries = ledger.read()
-    assert drawn == [1, 2, 3]  # the k-th draw happens after the k-th charge
-    assert [e.note for e in entries] == ["1-way marginals", "pair scores", "chosen marginals"]
+    assert drawn == list(range(1, len(notes) + 1))  # the k-th draw happens after the k-th charge
+    assert [e.note for e in entries] == notes
     # one Gaussian release of multiplier z, split: release i gets z / sqrt(share_i), so the
-    # three 1/z_i^2 (each release's zCDP rho, times 2) add up to the one release's 1/z^2
-    z, shares = calibrate_noise(2.0, 1e-5, 1.0, 1), np.array([0.2, 0.1, 0.7])
+    # 1/z_i^2 (each release's zCDP rho, times 2) add up to the one release's 1/z^2
+    z, shares = calibrate_noise(2.0, 1e-5, 1.0, 1), np.array(split)
     assert [e.noise_multiplier for e in entries] == pytest.approx(list(z / np.sqrt(shares)))
     assert all(e.sample_rate == 1.0 and e.steps == 1 for e in entries)
     assert sum(e.noise_multiplier ** -2 for e in entries) == pytest.approx(z ** -2)
     assert epsilon_from_ledger(entries, 1e-5) == pytest.approx(2.0, abs=1e-4)
-    assert PrivacyAccountant(MarginalSynthesizer.planned_releases(config, 2.0, 1e-5)).epsilon(1e-5) == \
+    assert PrivacyAccountant(MarginalSynthesizer.planned_releases(kind, config, 2.0, 1e-5)).epsilon(1e-5) == \
         pytest.approx(epsilon_from_ledger(entries, 1e-5), rel=1e-9)
     before = ledger.path.read_bytes()
     with pytest.raises(BudgetExceededError):
-        model.release_one_ways(_dependent_frame(schema, 50, seed=4))
+        model.release(_dependent_frame(schema, 50, seed=4), 0, Query())
     assert ledger.path.read_bytes() == before
 
 
@@ -158,16 +176,18 @@ def _epsilon_for_noise(z: float) -> float:
     return hi
 
 
-def test_a_planted_dependency_is_found_and_reproduced(schema) -> None:
-    """region is a function of sex: the pair is in the chosen tree, and the samples keep it."""
+@pytest.mark.parametrize("kind", ["mst", "aim"])
+def test_a_planted_dependency_is_found_and_reproduced(schema, kind) -> None:
+    """region is a function of sex, the label of age: MST's tree and AIM's rounds measure both
+    pairs (or a clique holding them), and the samples keep them."""
     train = _dependent_frame(schema, 2000, seed=8)
-    model = MarginalSynthesizer(schema, epsilon=3.0, config=FAST, noise_seed=30).fit(train)
-    assert ("sex", "region") in model.cliques or ("region", "sex") in model.cliques
+    model = MarginalSynthesizer(schema, kind=kind, epsilon=3.0, config=FAST, noise_seed=30).fit(train)
+    assert any({"sex", "region"} <= set(cl) for cl in model.cliques), model.cliques
+    assert any({"mechanism", "age"} <= set(cl) for cl in model.cliques), model.cliques
     sample = model.sample(2000, seed=2)
     agree = (sample["region"].astype(str) == sample["sex"].map({"F": "head", "M": "torso", "U": "limb"})
              .astype(str)).mean()
-    print("agreement", agree)
-    assert agree > 0.9
+    assert agree > 0.85, agree  # independent columns would agree about 1/3 of the time
     assert sample["mechanism"].isin(schema.label.categories).all()
     drowning = model.sample(50, conditions={"mechanism": "drowning"}, seed=3)
     assert (drowning["mechanism"] == "drowning").all() and (drowning["age"] >= 80).mean() > 0.8
@@ -236,3 +256,18 @@ def test_a_rare_condition_is_sampled_from_the_exact_conditional(schema) -> None:
             .astype(str)).mean() > 0.9
     older = model.sample(100, conditions={"age": 80}, seed=3)  # a number: its bin, then rejection
     assert set(older["age"]) == {80}
+
+
+def test_aims_selection_pays_for_cells_and_keeps_the_cap() -> None:
+    """At equal noisy scores the clique with fewer cells wins (its measurement adds less error);
+    a clique inside an earlier pick is skipped, and nothing that breaks the cap is picked."""
+    candidates = [("a", "b"), ("a", "b", "c"), ("c", "d"), ("b", "d")]
+    scores = np.array([100.0, 500.0, 100.0, 100.0])
+    cells = [4, 40, 400, 20]
+    picked = aim.select(candidates, scores, cells, deviation=1.0, k=2, fits=lambda picks: True)
+    assert picked == [("a", "b", "c"), ("b", "d")]  # (a, b) lies inside (a, b, c); (c, d) costs most
+    capped = aim.select(candidates, scores, cells, deviation=1.0, k=3,
+                        fits=lambda picks: all(len(c) < 3 for c in picks))
+    assert capped == [("a", "b"), ("b", "d"), ("c", "d")]
+    # with more noise, the big triple no longer pays for its 40 cells
+    assert aim.select(candidates, scores, cells, deviation=20.0, k=1, fits=lambda p: True) == [("a", "b")]

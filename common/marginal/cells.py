@@ -11,7 +11,9 @@ the schema the same way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,6 +100,17 @@ class Cells:
             else:
                 codes[attr.name] = self._encode_feature(x, attr)
         return codes
+
+    def cells_of(self, values: Mapping[str, Any]) -> dict[str, int]:
+        """The cell of each typed value (as ``parse_conditions`` gives them): a record of every
+        attribute's first cell with these values set, encoded like any record, so a condition
+        falls in the cell a data file's value would."""
+        record = self.decode({a.name: np.zeros(1, dtype=np.int64) for a in self.attributes},
+                             np.random.default_rng(0))
+        for name, value in values.items():
+            record[name] = pd.Series([value], dtype=record[name].dtype)
+        codes = self.encode(record)
+        return {name: int(codes[name][0]) for name in values}
 
     def _encode_feature(self, x: np.ndarray, attr: Attribute) -> np.ndarray:
         block = x[:, self._spans[attr.name].start:self._spans[attr.name].stop]

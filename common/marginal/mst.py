@@ -76,14 +76,15 @@ def pair_scores(codes: Mapping[str, np.ndarray], pairs: Sequence[Clique], sizes:
     score by at most 1."""
     scores = []
     for a, b in pairs:
-        pa, pb = (np.clip(_compressed(own[x], x, mapping), 0.0, None) for x in (a, b))
+        pa, pb = (np.clip(merged_counts(own[x], x, mapping), 0.0, None) for x in (a, b))
         total = max((pa.sum() + pb.sum()) / 2.0, 1.0)
         expected = np.outer(pa / max(pa.sum(), 1e-9), pb / max(pb.sum(), 1e-9)).ravel() * total
         scores.append(np.abs(table(codes, (a, b), sizes, mapping) - expected).sum())
     return np.asarray(scores, dtype=np.float64)
 
 
-def _compressed(noisy: np.ndarray, attr: str, mapping: Mapping[str, np.ndarray]) -> np.ndarray:
+def merged_counts(noisy: np.ndarray, attr: str, mapping: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A 1-way on the compressed cells: the merged cells' counts added up."""
     if attr not in mapping:
         return np.asarray(noisy, dtype=np.float64)
     merged = np.zeros(int(mapping[attr].max()) + 1)

@@ -1,11 +1,14 @@
-"""Stage ``mst``: federated MST (``common.marginal``) in three steps, one Gaussian release each.
+"""Stage ``marginals``: a marginal model (``common.marginal``, MST or AIM by the model's kind) as
+the mechanism's steps, one Gaussian release per site each.
 
-Step 1: every site's noisy 1-way marginals (with its site code and noise multiplier, both public);
-the coordinator compresses small cells and sends the compression. Step 2: each site's noisy
-scores of the candidate feature pairs; the coordinator picks the label's pairs and a maximum
-spanning tree. Step 3: each site's noisy marginals of the chosen cliques; the coordinator fits
-the graphical model. The site's noise is planned once for the three releases from its share.
-Each site's noisy label total is its FedAvg weight for any later stage (the narrative rounds).
+Step 0: every site's noisy 1-way marginals (with its site code and noise multiplier, both
+public); the coordinator compresses small cells. Then scores and measurements in turn: each
+site's noisy scores of the candidate cliques (MST: pairs against the product of its own 1-ways;
+AIM: pairs and label triples against the current model), the coordinator's choice, and each
+site's noisy marginals of the chosen cliques, after which the coordinator refits the graphical
+model. MST takes one turn (3 steps), AIM its planned rounds. The site's noise is planned once
+for all steps from its share. Each site's noisy size (from its 1-ways) is its FedAvg weight for
+any later stage (the narrative rounds).
 """
 
 from __future__ import annotations
@@ -16,39 +19,44 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from common.marginal.model import Release, noisy_size
+from common.marginal.model import MarginalSynthesizer, Query, Release, noisy_size
 from common.run_plan import PlanRefused
 from common.stages.base import Coordinator, CoordinatorContext, Payload, Stage
 from common.stages.site import SiteRun
 
-STEPS = 3
-ONE_WAY, SCORES, TABLE, MAPPING = "1way:", "scores", "table:", "cells:"
+MAPPING, MODEL = "cells:", "model:"
+
+
+def _to_payload(query: Query) -> Payload:
+    arrays = {MAPPING + a: cells for a, cells in query.mapping.items()}
+    arrays.update({f"{MODEL}{i}": table for i, table in enumerate(query.model)})
+    return Payload(arrays=arrays, values={"cliques": [list(c) for c in query.cliques],
+                                          "rows": list(query.rows)})
+
+
+def _from_payload(request: Payload) -> Query:
+    arrays = request.arrays
+    model = [arrays[f"{MODEL}{i}"] for i in range(sum(k.startswith(MODEL) for k in arrays))]
+    return Query(tuple(tuple(c) for c in request.values.get("cliques", [])),
+                 {k[len(MAPPING):]: v.astype(np.int64) for k, v in arrays.items() if k.startswith(MAPPING)},
+                 tuple(np.asarray(m, dtype=np.float64) for m in model),
+                 tuple(int(r) for r in request.values.get("rows", [])))
 
 
 class MarginalMeasurements(Stage):
-    type = "mst"
+    type = "marginals"
     message_type = "query.marginals"
 
     def release(self, run: SiteRun, request: Payload) -> Payload:
         step = int(request.values.get("step", -1))
-        name = self.spec.model
-        model, records = run.model(name), run.records(name)
+        model, records = run.model(self.spec.model), run.records(self.spec.model)
+        if not isinstance(model, MarginalSynthesizer) or not 0 <= step < model.steps:
+            raise PlanRefused(f"the marginals stage of this model has steps 0..{model.steps - 1}, "
+                              f"not {step}.")
         model.plan(len(records))
-        mapping = {k[len(MAPPING):]: v.astype(np.int64) for k, v in request.arrays.items()
-                   if k.startswith(MAPPING)}
+        reply = Payload(arrays=model.release(records, step, _from_payload(request)))
         if step == 0:
-            parts = model.release_one_ways(records)
-            reply = Payload(arrays={ONE_WAY + a: v for a, v in parts.items()},
-                            values={"site_code": model.site_code(records)})
-        elif step == 1:
-            pairs = [tuple(p) for p in request.values["pairs"]]
-            reply = Payload(arrays={SCORES: model.release_scores(records, pairs, mapping)})
-        elif step == 2:
-            cliques = [tuple(c) for c in request.values["cliques"]]
-            tables = model.release_tables(records, cliques, mapping)
-            reply = Payload(arrays={f"{TABLE}{i}": t for i, t in enumerate(tables)})
-        else:
-            raise PlanRefused(f"the mst stage has steps 0..{STEPS - 1}, not {step}.")
+            reply.values["site_code"] = model.site_code(records)
         run.save_model(model)
         reply.values["noise"] = model.noise_multiplier(step)  # the share's and delta's alone
         return reply
@@ -58,32 +66,23 @@ class MarginalMeasurements(Stage):
 
 
 class MarginalsCoordinator(Coordinator):
-    """Sums, compresses, selects and fits, on the global ``MarginalSynthesizer``."""
+    """The steps of the global ``MarginalSynthesizer``: ask, check, absorb."""
 
     def __init__(self, stage: Stage, ctx: CoordinatorContext) -> None:
         super().__init__(stage, ctx)
-        self.model = ctx.models[stage.spec.model]
+        self.model: MarginalSynthesizer = ctx.models[stage.spec.model]
         self.codes: dict[int, int] = {}  # node -> site code
-        self.noise: dict[int, float] = {}  # node -> noise multiplier
 
     def request(self) -> Payload | None:
-        mapping = {MAPPING + a: cells for a, cells in self.model.mapping.items()}
-        if self.step == 0:
-            return Payload()
-        if self.step == 1:
-            return Payload(arrays=mapping, values={"pairs": [list(p) for p in self.model.candidates()]})
-        if self.step == 2:
-            return Payload(arrays=mapping, values={"cliques": [list(c) for c in self.model.cliques]})
-        return None
+        return _to_payload(self.model.query(self.step)) if self.step < self.model.steps else None
 
     def recipients(self, nodes: list[int]) -> list[int]:
         """After the first step, the sites whose 1-ways are in the model."""
         return list(nodes) if self.step == 0 else [n for n in nodes if n in self.codes]
 
     def problem(self, node: int, reply: Payload) -> str | None:
-        expected = self._expected()
         shapes = {name: array.shape for name, array in reply.arrays.items()}
-        if shapes != expected:
+        if shapes != self.model.expected_shapes(self.step):
             return f"released arrays {sorted(shapes)[:4]}... do not match the request"
         if not all(np.isfinite(a).all() for a in reply.arrays.values()):
             return "released values hold NaN or infinite values"
@@ -93,32 +92,13 @@ class MarginalsCoordinator(Coordinator):
             return "the release carries no valid site code"
         return None
 
-    def _expected(self) -> dict[str, tuple[int, ...]]:
-        from common.marginal import mst
-
-        sizes, mapping = self.model.sizes, self.model.mapping
-        if self.step == 0:
-            return {ONE_WAY + a: (sizes[a],) for a in self.model.cells.names}
-        if self.step == 1:
-            return {SCORES: (len(self.model.candidates()),)}
-        return {f"{TABLE}{i}": (int(np.prod([mst.compressed_size(a, sizes, mapping) for a in cl])),)
-                for i, cl in enumerate(self.model.cliques)}
-
     def update(self, replies: Mapping[int, Payload]) -> None:
         nodes = sorted(replies)
         if self.step == 0:
             self.codes = {n: int(replies[n].values["site_code"]) for n in nodes}
-            self.noise = {n: float(replies[n].values["noise"]) for n in nodes}
-            parts = {n: {k[len(ONE_WAY):]: v for k, v in replies[n].arrays.items()} for n in nodes}
-            self.model.after_one_ways([Release(self.codes[n], self.noise[n], parts[n]) for n in nodes])
-            self.ctx.weights = {n: noisy_size(parts[n]) for n in nodes}
-        elif self.step == 1:
-            self.model.choose_cliques(np.sum([replies[n].arrays[SCORES] for n in nodes], axis=0))
-        else:
-            tables = {n: [replies[n].arrays[f"{TABLE}{i}"] for i in range(len(self.model.cliques))]
-                      for n in nodes}
-            self.model.after_tables([Release(self.codes[n], float(replies[n].values["noise"]), tables[n])
-                                     for n in nodes])
+            self.ctx.weights = {n: noisy_size(replies[n].arrays) for n in nodes}
+        self.model.absorb(self.step, [Release(self.codes[n], float(replies[n].values["noise"]),
+                                              replies[n].arrays) for n in nodes])
         self.step += 1
 
     def state_dict(self) -> Payload:
@@ -126,11 +106,11 @@ class MarginalsCoordinator(Coordinator):
         torch.save(self.model.state_dict(), buffer)
         return Payload(arrays={"model": np.frombuffer(buffer.getvalue(), dtype=np.uint8)},
                        values={"step": self.step, "codes": {str(n): c for n, c in self.codes.items()},
-                               "noise": {str(n): z for n, z in self.noise.items()}})
+                               "weights": {str(n): w for n, w in self.ctx.weights.items()}})
 
     def load_state_dict(self, state: Payload) -> None:
         saved = torch.load(io.BytesIO(state.arrays["model"].tobytes()), weights_only=True)
         self.model.load_state_dict(saved)
         self.step = int(state.values["step"])
         self.codes = {int(n): int(c) for n, c in state.values["codes"].items()}
-        self.noise = {int(n): float(z) for n, z in state.values["noise"].items()}
+        self.ctx.weights = {int(n): float(w) for n, w in state.values.get("weights", {}).items()}

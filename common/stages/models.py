@@ -27,7 +27,7 @@ from common.tabular.synthesizer import TabularSynthesizer, resolve_config
 
 class TabularFamily:
     """The tabular generators: deep ones trained in rounds (``vae``, ``ddpm``) and the marginal
-    model (``mst``); they learn from the whole train split."""
+    models (``mst``, ``aim``); they learn from the whole train split."""
 
     kinds = TABULAR_KINDS
 
@@ -45,12 +45,15 @@ class TabularFamily:
     def planned(self, spec: ModelSpec, epsilon: float, delta: float, n_records: int,
                 steps: int) -> list[Entry]:
         if spec.kind in MARGINAL_KINDS:
-            return MarginalSynthesizer.planned_releases(spec.config, epsilon, delta)
+            return MarginalSynthesizer.planned_releases(spec.kind, spec.config, epsilon, delta)
         return TabularSynthesizer.planned_releases(spec.kind, spec.config, epsilon, delta,
                                                    n_records, steps) if steps else []
 
     def check(self, spec: ModelSpec) -> None:
-        (resolve_marginal_config if spec.kind in MARGINAL_KINDS else resolve_config)(spec.config)
+        if spec.kind in MARGINAL_KINDS:
+            resolve_marginal_config(spec.config, spec.kind)
+        else:
+            resolve_config(spec.config)
 
     @staticmethod
     def load(folder: Path) -> Any:
