@@ -11,7 +11,7 @@ import pytest
 from common.errors import BudgetExceededError
 from common.marginal import aim, mst
 from common.marginal.cells import Cells
-from common.marginal.model import MarginalSynthesizer, Query, fit_federated
+from common.marginal.model import MarginalSynthesizer, Query, Release, fit_federated
 from common.metrics.fidelity import quality_scores
 from common.privacy.accountant import PrivacyAccountant, calibrate_noise
 from common.privacy.ledger import Ledger, epsilon_from_ledger
@@ -271,3 +271,26 @@ def test_aims_selection_pays_for_cells_and_keeps_the_cap() -> None:
     assert capped == [("a", "b"), ("b", "d"), ("c", "d")]
     # with more noise, the big triple no longer pays for its 40 cells
     assert aim.select(candidates, scores, cells, deviation=20.0, k=1, fits=lambda p: True) == [("a", "b")]
+
+
+def test_a_restarted_aim_coordinator_asks_what_it_would_have_asked(schema) -> None:
+    """AIM's coordinator checkpointed after round 1 and loaded into a fresh model asks the same
+    round-2 query (the same candidates and model distributions, sampled from the saved
+    potentials), and its picks are measured, not asked again."""
+    config = {**FAST, "rounds": 2, "round_iters": 100, "model_samples": 1000}
+    parts = [_dependent_frame(schema, 300, seed=s) for s in (11, 12)]
+    sites = [MarginalSynthesizer(schema, kind="aim", epsilon=3.0, config=config, noise_seed=s)
+             for s in (1, 2)]
+    for site, part in zip(sites, parts, strict=True):
+        site.plan(len(part))
+    model = MarginalSynthesizer(schema, kind="aim", epsilon=None, config=config, seed=5)
+    for step in range(3):  # the 1-ways, round 1's scores and its measurements
+        query = model.query(step)
+        model.absorb(step, [Release(-1, site.noise_multiplier(step), site.release(part, step, query))
+                            for site, part in zip(sites, parts, strict=True)])
+    restarted = MarginalSynthesizer(schema, kind="aim", epsilon=None, config=config, seed=5)
+    restarted.load_state_dict(model.state_dict())
+    again, first = restarted.query(3), model.query(3)
+    assert again.cliques == first.cliques and len(first.cliques) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(again.model, first.model, strict=True))
+    assert set(restarted.cliques) == set(model.cliques) and not set(again.cliques) & set(model.cliques)

@@ -215,6 +215,8 @@ class MarginalSynthesizer(PlannedBudget):
                 exact = aim.model_scores(codes, cliques, self.sizes, mapping, [m[row] for m in query.model],
                                          noisy_size(self.own_one_ways))
             return {SCORES: self._release(exact, np.sqrt(max(len(cliques), 1)), step)}
+        if not cliques:  # AIM's round found nothing to pick: nothing leaves, nothing is spent
+            return {}
         exact = [mst.table(codes, cl, self.sizes, mapping) for cl in cliques]
         noisy = self._release(np.concatenate(exact), np.sqrt(len(cliques)), step)
         return {str(i): t for i, t in enumerate(np.split(noisy, np.cumsum([len(e) for e in exact])[:-1]))}
@@ -287,7 +289,8 @@ class MarginalSynthesizer(PlannedBudget):
             if self.kind == "aim":
                 self.cliques += [c for c in self.chosen if c not in self.cliques]
                 self.chosen = []
-            self._fit(final=step == self.steps - 1)
+            if query.cliques or step == self.steps - 1:
+                self._fit(final=step == self.steps - 1)
 
     def _after_one_ways(self, releases: Sequence[Release]) -> None:
         """Keep the sites' 1-ways, compress small cells of their sum (the compression every site
