@@ -377,7 +377,7 @@ def test_tls_authenticated_federation_runs_to_completion(tmp_path: Path) -> None
         pyproject_before = hashlib.sha256((app / "pyproject.toml").read_bytes()).hexdigest()
         run_config = (f"schema-path='{data / 'schema.yaml'}' run-dir='{tmp_path / 'coordinator-run'}' "
                       f"min-sites=3 quorum=3 handshake-timeout-s=60 rounds=1 local-steps=1 generator='vae'")
-        # (the VAE's rounds exercise the retries and checkpoints here; the default mst stage runs
+        # (the VAE's rounds exercise the retries and checkpoints here; the default marginals stage runs
         # through the same ServerApp loop in tests/test_federation.py)
         out = _cli([BIN / "flwr", "run", app, CONNECTION, "--run-config", run_config, "--format", "json"],
                    env, tmp_path, timeout=120)
