@@ -275,7 +275,7 @@ class MarginalSynthesizer(PlannedBudget):
             if self.kind == "mst":
                 self._choose_tree(scores)
             else:
-                star = self._stars() if not self.cliques else []
+                star = self._forced()
                 deviation = self._measure_deviation(step + 1, len(star) + self._per_round())
                 cells = [self._cells(c) for c in query.cliques]
                 self.chosen = star + aim.select(query.cliques, scores, cells, deviation, self._per_round(),
@@ -329,10 +329,14 @@ class MarginalSynthesizer(PlannedBudget):
         """The label's pairs with every feature, when ``label_pairs``: measured whatever the scores."""
         return [(self.label, a) for a in self.features] if self.config["label_pairs"] else []
 
+    def _forced(self) -> list[Clique]:
+        """What AIM's round measures whatever the scores: the label's pairs in the first round."""
+        return [] if self.cliques else self._stars()
+
     def _aim_query(self, step: int) -> Query:
         """AIM's scoring request: the admissible workload and the current model's distribution of
         each candidate's cells at each site (sampled, seeded by the model seed and the step)."""
-        measured = self.cliques or self._stars()  # the first round measures the label's pairs anyway
+        measured = [*self.cliques, *self._forced()]
         cap = self.config["max_model_mb"] * 2**20 / 8  # cells; the whole model's cap is checked on picking
         candidates = aim.admissible(aim.workload(self.label, self.features, self.config["triples"]),
                                     measured, lambda cl: self._cells(cl) <= cap)

@@ -50,7 +50,10 @@ class MarginalMeasurements(Stage):
     def release(self, run: SiteRun, request: Payload) -> Payload:
         step = int(request.values.get("step", -1))
         model, records = run.model(self.spec.model), run.records(self.spec.model)
-        if not isinstance(model, MarginalSynthesizer) or not 0 <= step < model.steps:
+        if not isinstance(model, MarginalSynthesizer):
+            raise PlanRefused(f"the marginals stage trains a marginal model (mst, aim), not "
+                              f"{self.model_spec.kind}.")
+        if not 0 <= step < model.steps:
             raise PlanRefused(f"the marginals stage of this model has steps 0..{model.steps - 1}, "
                               f"not {step}.")
         model.plan(len(records))
