@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from common.errors import BudgetExceededError, InputError
 from common.privacy.budget import PrivacyBudget
 from common.privacy.ledger import Ledger, epsilon_from_ledger
+from common.privacy.signal import MAX_NOISE_PER_BATCH, noise_per_batch
 from common.tabular.trainer import TrainSettings
 from common.text.base_models import load_base_model
 from common.text.lora import LoraSettings, add_lora, get_adapter_weights, trainable_adapter
@@ -26,8 +28,10 @@ from simulation.hospitals import simulate_site
 torch.set_num_threads(1)
 SCHEMA = ed_trauma_schema(["A"])
 DELTA = 1e-5
+# 32 records and a few steps of batch 8: sigma/B ~ 0.2, far above the default refusal (0.01);
+# these tests check the privacy plumbing, not learning, so they turn the check off.
 CONFIG = {"base": "tiny", "fields": ["mechanism", "age", "sex"], "batch_size": 8,
-          "max_target_tokens": 64}
+          "max_target_tokens": 64, "max_noise_per_batch": None}
 NOISE_SEED = 4  # the data holder's privacy setting, passed beside the config
 
 
@@ -197,3 +201,100 @@ def test_clipping_bound_reaches_the_trainer_and_noise_seed_fixes_the_run(records
     assert same(first, trained(NOISE_SEED, max_grad_norm=0.5))
     assert not same(first, trained(NOISE_SEED + 1, max_grad_norm=0.5))
     assert not same(trained(None), trained(None))  # OS entropy
+
+
+# --- logical batches in physical batches; sigma/B ------------------------------------------
+def embedding_batch_sizes(model) -> list[int]:
+    """The rows of every forward pass, recorded at the input embedding."""
+    sizes: list[int] = []
+    model.get_input_embeddings().register_forward_hook(lambda _m, args, _o: sizes.append(len(args[0])))
+    return sizes
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_physical_batches_give_the_one_batch_update(records, private) -> None:
+    """One logical Poisson batch in physical batches of 3 makes the same (noisy) step as in one
+    physical batch: same batch, same noise, one optimizer step."""
+    model, tokenizer, pairs = adapted_model(records, 20)
+    trained, sizes = {}, {}
+    for physical in (None, 3):
+        copy_ = copy.deepcopy(model)
+        sizes[physical] = embedding_batch_sizes(copy_)
+        dp = {"noise_multiplier": 0.7, "budget": PrivacyBudget(1e6, DELTA, "t")} if private else {}
+        trainer = LoraTrainer(copy_, pairs, tokenizer.pad_token_id,
+                              TrainSettings(batch_size=10, lr=1e-2, max_grad_norm=0.05),  # q = 1/2
+                              device="cpu", seed=7, physical_batch_size=physical, **dp)
+        trainer.train_steps(1)
+        adam = trainer.optimizer.original_optimizer if private else trainer.optimizer
+        assert {float(s["step"]) for s in adam.state.values()} == {1.0}  # one optimizer step
+        if private:
+            assert trainer.budget.accountant.history == [(0.7, 0.5, 1)]
+        trained[physical] = get_adapter_weights(copy_)
+    logical = sizes[None][0]
+    assert len(sizes[None]) == 1 and logical > 6  # the seed draws a batch that needs splitting
+    assert sum(sizes[3]) == logical and max(sizes[3]) <= 3 and len(sizes[3]) == -(-logical // 3)
+    before = get_adapter_weights(model)
+    for name, array in trained[None].items():
+        assert not np.allclose(array, before[name])  # the step moved every B
+        np.testing.assert_allclose(trained[3][name], array, rtol=1e-5, atol=1e-7)
+
+
+def test_empty_logical_batches_stay_noise_only_steps_with_physical_batches(records) -> None:
+    model, tokenizer, pairs = adapted_model(records, 20)
+    sizes = embedding_batch_sizes(model)
+    trainer = LoraTrainer(model, pairs, tokenizer.pad_token_id, TrainSettings(batch_size=2),
+                          noise_multiplier=1.0, budget=PrivacyBudget(1e6, DELTA, "t"), device="cpu",
+                          seed=3, physical_batch_size=1)  # q = 1/10: batches of 0, 1, 2, 3 rows
+    generator = torch.Generator()
+    generator.set_state(trainer.sample_generator.get_state())  # the batches the trainer will draw
+    sampled = UniformWithReplacementSampler(num_samples=20, sample_rate=0.1, generator=generator)
+    logical = [len(b) for b in sampled]  # one pass: 10 batches
+    assert 0 in logical and max(logical) > 1
+    before = get_adapter_weights(model)
+    trainer.train_steps(10)
+    assert trainer.steps_done == 10 and sizes == [1] * sum(logical)
+    adam = trainer.optimizer.original_optimizer
+    assert {float(s["step"]) for s in adam.state.values()} == {10.0}
+    after = get_adapter_weights(model)
+    assert all(not np.allclose(before[name], after[name]) for name in before)
+
+
+def test_a_logical_batch_that_fails_half_way_leaves_no_clipped_sum(records, monkeypatch) -> None:
+    model, tokenizer, pairs = adapted_model(records, 20)
+    trainer = LoraTrainer(model, pairs, tokenizer.pad_token_id, TrainSettings(batch_size=20),
+                          noise_multiplier=1.0, budget=PrivacyBudget(1e6, DELTA, "t"), device="cpu",
+                          seed=0, physical_batch_size=4)  # q = 1: 5 physical batches
+    backward, calls = trainer._backward, []
+
+    def out_of_memory(chunk, size):
+        calls.append(len(chunk))
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("simulated")
+        return backward(chunk, size)
+
+    monkeypatch.setattr(trainer, "_backward", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        trainer.train_steps(1)
+    assert calls == [4, 4, 4] and trainer.optimizer._step_skip_queue == []
+    assert all(p.summed_grad is None and p.grad_sample is None for p in trainer.optimizer.params)
+
+
+def test_a_plan_whose_noise_swamps_the_gradient_is_refused() -> None:
+    strict = {**CONFIG, "max_noise_per_batch": MAX_NOISE_PER_BATCH}
+    model = NarrativeModel(SCHEMA, epsilon=3.0, delta=DELTA, config=strict, device="cpu")
+    assert model.config["max_noise_per_batch"] == 0.01 and model.noise_per_batch is None
+    with pytest.raises(InputError, match=r"sigma/B = 0\.\d+ .*batch_size.*max_noise_per_batch"):
+        model.plan(640, 4)  # the old quick profile: 4 steps of batch 8, sigma/B ~ 0.08
+    assert model._plan is None and model.noise_per_batch is None  # nothing planned
+    with pytest.raises(InputError, match="no privacy plan"):
+        model.train_steps(pd.DataFrame(), 1)
+
+    wide = NarrativeModel(SCHEMA, epsilon=3.0, delta=DELTA, device="cpu",
+                          config={**strict, "batch_size": 1024})
+    sigma = wide.plan(3200, 8)  # a site's notes in logical batches of 800: sigma/B ~ 0.002
+    assert wide.noise_per_batch == pytest.approx(sigma / 800) and wide.noise_per_batch < 0.01
+    assert noise_per_batch(sigma, 3200, 1024) == wide.noise_per_batch
+
+    off = NarrativeModel(SCHEMA, epsilon=3.0, delta=DELTA, config=CONFIG, device="cpu")
+    off.plan(640, 4)  # max_noise_per_batch None: the check is off
+    assert off.noise_per_batch == pytest.approx(0.08, abs=0.005)

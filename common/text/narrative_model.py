@@ -30,6 +30,7 @@ from common.fileio import atomic_write_text
 from common.privacy.accountant import DEFAULT_DELTA, Entry
 from common.privacy.ledger import Ledger
 from common.privacy.planned import PlannedBudget, planned_releases
+from common.privacy.signal import MAX_NOISE_PER_BATCH, check_noise_per_batch, noise_per_batch
 from common.saved_model import read_model_folder
 from common.schema import Schema
 from common.tabular.trainer import resolve_device
@@ -49,6 +50,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fields": None,           # prompt fields; None = the label, then every feature
     "gate_columns": None,     # columns the gate checks; None = every column with synonyms
     "batch_size": 16,         # expected Poisson batch; sampling rate = 1/ceil(n/batch_size)
+    "physical_batch_size": 16,  # rows per forward/backward; a larger Poisson batch is split
+    #                             (one noisy step per logical batch; null: never split)
+    "max_noise_per_batch": MAX_NOISE_PER_BATCH,  # plan refused above this sigma/B
+    #                             (common.privacy.signal); null disables the check
     "lr": 2e-3,
     "max_target_tokens": 128,  # training targets are cut here
     "steps": 200,             # optimizer steps of fit()
@@ -134,8 +139,14 @@ class NarrativeModel(PlannedBudget):
     def _new_trainer(self, records: pd.DataFrame) -> LoraTrainer:
         pairs = encode_pairs(self.tokenizer, self.prompts(records), _narratives(records, self.schema),
                              self.config["max_target_tokens"])
+        physical = self.config["physical_batch_size"]
+        if physical is not None and (isinstance(physical, bool) or not isinstance(physical, int)
+                                     or physical < 1):
+            raise InputError(f"narrative config 'physical_batch_size' must be an integer >= 1 or "
+                             f"null (no split), got {physical!r}.")
         return self._build_trainer(lambda **kw: LoraTrainer(self.model, pairs,
-                                                            self.tokenizer.pad_token_id, **kw))
+                                                            self.tokenizer.pad_token_id,
+                                                            physical_batch_size=physical, **kw))
 
     # --- federated weights ----------------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -231,6 +242,32 @@ class NarrativeModel(PlannedBudget):
         set_peft_model_state_dict(model.model,
                                   load_file(folder / FILES["adapter"] / "adapter_model.safetensors"))
         return model
+
+    # --- the noise against the signal (common.privacy.signal) -----------------------------
+    def plan(self, n_records: int, planned_steps: int) -> float | None:
+        """``PlannedBudget.plan``, refused (InputError, nothing planned) when its sigma/B is above
+        ``config['max_noise_per_batch']``: the noise would swamp the clipped mean gradient. A
+        plan already made (or restored) is kept as it is."""
+        new = self._plan is None
+        sigma = super().plan(n_records, planned_steps)
+        if new and sigma is not None:
+            try:
+                check_noise_per_batch(sigma, n_records, self.config["batch_size"],
+                                      self.config["max_noise_per_batch"], steps=planned_steps,
+                                      what=f"the {self.model_name} plan")
+            except InputError:
+                self._plan, self.budget = None, None
+                raise
+        return sigma
+
+    @property
+    def noise_per_batch(self) -> float | None:
+        """sigma/B of the plan (per-coordinate noise std of the averaged gradient over the
+        clipping bound); None before ``plan`` or without DP."""
+        if self._plan is None or self._plan["noise_multiplier"] is None:
+            return None
+        return noise_per_batch(self._plan["noise_multiplier"], self._plan["n_records"],
+                               self.config["batch_size"])
 
 
 def _narratives(records: pd.DataFrame, schema: Schema) -> list[str]:
