@@ -3,7 +3,8 @@ evaluation replies.
 
 Every figure in it was computed at a site on data that never left it; the server only arranges
 them: the federated generators' METRICS per site, the baselines' (local-only at each site,
-centralized in simulation), record-weighted summaries, each site's suppressed plot data, and the
+centralized in simulation, the yardsticks, the text floor where the coordinator sent one),
+record-weighted summaries, each site's suppressed plot data, and the
 privacy spend per site.
 """
 
@@ -21,7 +22,8 @@ from common.metrics.evaluate import summarize
 from common.run_plan import RunPlan
 from server.report_html import render_report_html
 
-VARIANTS = ("federated", "local_only", "centralized", "independent_marginals", "real_train")
+VARIANTS = ("federated", "local_only", "centralized", "independent_marginals", "real_train",
+            "text_floor")
 SAMPLE_ROWS = 20  # synthetic records shown in report.html
 
 
@@ -30,13 +32,14 @@ def build_report(run: Mapping[str, Any], privacy: Mapping[str, Any],
                  release: Mapping[str, Any]) -> dict[str, Any]:
     """``evaluations``: per site, its reply (``scores`` per variant, METRICS plus ``plots``; a
     variant a site did not score is absent). Centralized is null until a simulation adds it
-    (``add_variant``); ``release`` is what the sites scored (its SHA-256 and size)."""
+    (``add_variant``); ``text_floor`` (the narrative model without private data, text figures
+    only) is null when no site scored one; ``release`` is what the sites scored (its SHA-256 and
+    size)."""
     scores = {site: e["scores"] for site, e in sorted(evaluations.items())}
     report: dict[str, Any] = {"run": dict(run), "privacy": dict(privacy), "release": dict(release),
                               "sites": {}, "baselines": {}, "summary": {}, "plots": {}}
     for variant in VARIANTS:
         add_variant(report, variant, {site: s[variant] for site, s in scores.items() if s.get(variant)})
-    report["baselines"]["text_floor"] = None  # the narrative model without private data: not built yet
     return report
 
 
@@ -52,7 +55,6 @@ def add_variant(report: dict[str, Any], variant: str, per_site: Mapping[str, Map
     else:
         report["baselines"][variant] = metrics or None
     report["summary"][variant] = summarize(metrics) if metrics else None
-
 
 
 def privacy_section(spends: Mapping[str, Mapping[str, Any]], plan: RunPlan) -> dict[str, Any]:

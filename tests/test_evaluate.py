@@ -7,6 +7,7 @@ associations; no released cell may hold fewer than 10 records.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,13 +16,30 @@ import pandas as pd
 import pytest
 
 from common.data import load_site_data, stratified_split
+from common.errors import DataError
+from common.fileio import table_bytes
 from common.metrics.bins import MIN_CELL, associations, cell_codes, plot_data, suppress
-from common.metrics.evaluate import evaluate_site, jsonable, summarize
+from common.metrics.evaluate import (
+    SiteEvaluation,
+    evaluate_site,
+    evaluate_text,
+    jsonable,
+    load_synthetic,
+    summarize,
+)
 from common.metrics.features import modeled
 from common.metrics.privacy import closest_distance, dcr_overfitting_protection, exact_copies, mia_auc
+from common.metrics.text import FLAG_COLUMN, text_metrics
+from common.privacy.account import read_events
 from common.privacy.disclosure import SMALL, rounded, small_count
+from common.run_plan import RequestRefused, RunPlan
 from common.schema import Schema
+from common.site_config import SiteConfig
+from common.stages import release as release_stage
+from common.stages.base import Payload
+from common.stages.site import SiteRun
 from fedsynth.cli import main
+from server.report import build_report
 from simulation.ed_schema import ed_trauma_schema
 from simulation.hospitals import simulate_site
 from tests.test_metrics import shuffled_columns
@@ -33,8 +51,9 @@ CONTRACT_METRICS = {
     "utility": {"trtr_macro_f1", "tstr_macro_f1", "augmented_macro_f1", "per_class_recall_trtr",
                 "per_class_recall_augmented"},
     "privacy": {"exact_copies", "dcr_overfitting_protection", "mia_auc"},
-    "text": {"consistency_accuracy", "real_consistency_accuracy", "mauve", "distinct_2",
-             "real_distinct_2", "canary_exposure_bits", "train_8gram_share"},
+    "text": {"consistency_accuracy", "real_consistency_accuracy", "mauve", "mauve_ceiling", "mauve_alt",
+             "mauve_alt_ceiling", "distinct_2", "real_distinct_2", "gate_pass_rate",
+             "canary_exposure_bits", "train_8gram_share"},
 }
 
 
@@ -312,3 +331,172 @@ def test_evaluate_bad_input_exits_2_and_writes_nothing(files, tmp_path: Path, ca
     assert "small.csv" in err and "at least 50 valid records" in err
 
     assert "not found" in _run_bad(files, tmp_path, capsys, real=tmp_path / "none.csv")
+
+
+# --- the gate's flag and the text floor ---------------------------------------------------------
+
+NARRATED = 30  # narratives on the first records only: text figures, and too few for MAUVE (fast)
+
+
+def narrated(records: pd.DataFrame, schema: Schema, notes: list[str], flags: list[bool]) -> pd.DataFrame:
+    """``records``' released columns, the first len(notes) narrated and flagged as given."""
+    out = records[schema.output_columns].reset_index(drop=True).copy()
+    out["narrative"] = pd.array(list(notes) + [None] * (len(out) - len(notes)), dtype="string")
+    out[FLAG_COLUMN] = pd.array(list(flags) + [None] * (len(out) - len(flags)), dtype="boolean")
+    return out
+
+
+def test_load_synthetic_keeps_the_gate_flag(site, tmp_path: Path) -> None:
+    schema, _, independent = site
+    frame = narrated(independent.iloc[:40], schema, independent["narrative"].iloc[:20].tolist(),
+                     [i % 4 == 0 for i in range(20)])
+    for suffix in (".csv", ".parquet"):
+        path = tmp_path / f"synthetic{suffix}"
+        frame.to_csv(path, index=False) if suffix == ".csv" else path.write_bytes(table_bytes(frame))
+        loaded = load_synthetic(path, schema)
+        assert str(loaded[FLAG_COLUMN].dtype) == "boolean", suffix
+        assert loaded[FLAG_COLUMN].iloc[:20].tolist() == [i % 4 == 0 for i in range(20)]
+        assert loaded[FLAG_COLUMN].iloc[20:].isna().all()
+    bad = frame.astype({FLAG_COLUMN: "object"})
+    bad.loc[3, FLAG_COLUMN] = "maybe"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=f"column '{FLAG_COLUMN}', value 'maybe'"):
+        load_synthetic(tmp_path / "bad.csv", schema)
+    # no narratives, no flag: the tabular baselines' sets load as before
+    plain = load_synthetic(_csv(independent.iloc[:40][[c.name for c in schema.modeled_columns]],
+                                tmp_path / "plain.csv"), schema)
+    assert FLAG_COLUMN not in plain.columns
+
+
+def _csv(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_text_fills_only_the_text_section(site) -> None:
+    schema, split, independent = site
+    notes = independent["narrative"].iloc[200:200 + NARRATED].tolist()
+    floor = narrated(independent.iloc[:200], schema, notes, [i < 6 for i in range(NARRATED)])
+    metrics = evaluate_text(schema, split, floor, seed=0)
+    assert metrics["n_train"] == rounded(len(split["train"]))
+    assert metrics["n_test"] == rounded(len(split["test"]))
+    assert metrics["fidelity"] is None and metrics["utility"] is None and metrics["privacy"] is None
+    assert set(metrics["text"]) == CONTRACT_METRICS["text"]
+    assert metrics["text"]["gate_pass_rate"] == pytest.approx(0.8)  # 6 of 30 flagged
+    assert metrics["text"]["mauve"] is None and metrics["text"]["mauve_ceiling"] is None  # 30 < 50
+    # the text figures of evaluate_site: the same seeded shuffle, the holdout notes for the ceiling
+    shuffled = floor.iloc[np.random.default_rng(0).permutation(len(floor))].reset_index(drop=True)
+    assert metrics["text"] == jsonable(text_metrics(schema, split["train"], split["test"], shuffled, 0,
+                                                    holdout=split["holdout"]))
+
+
+@pytest.fixture()
+def site_run(site, tmp_path: Path) -> SiteRun:
+    """A site that trained in run-1 (its release announced); scoring itself is stubbed below."""
+    schema, _, _ = site
+    data, schema_path = tmp_path / "site.csv", tmp_path / "schema.yaml"
+    simulate_site("urban_trauma", 500, 3, SITE).to_csv(data, index=False)
+    schema.save(schema_path)
+    config = SiteConfig(name=SITE, data_path=data, schema_path=schema_path, state_dir=tmp_path / "state")
+    return SiteRun(config, RunPlan.standard("run-1", 0, "vae", rounds=1, local_steps=1, tabular_config={}))
+
+
+def _score(run: SiteRun, release: pd.DataFrame, floor: pd.DataFrame | None, monkeypatch) -> dict:
+    """``release.score`` with the release announced, the tabular scoring stubbed (its own tests
+    are above): what comes back under ``scores``."""
+    def fake(schema, splits, synthetic, seed=0):
+        return SiteEvaluation({"n_train": 10, "n_test": 10, "text": None}, {})
+
+    monkeypatch.setattr(release_stage, "evaluate_site", fake)
+    monkeypatch.setattr(release_stage, "reference_scores", lambda run, n, seed: {})
+    data = table_bytes(release)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    announced = {"sha256": hashlib.sha256(data).hexdigest()}
+    (run.folder / release_stage.ANNOUNCED).write_text(json.dumps(announced))
+    blobs = {"release": data} | ({} if floor is None else {"text_floor": table_bytes(floor)})
+    return release_stage.score(run, Payload(values={"seed": 0}, blobs=blobs)).values["scores"]
+
+
+def test_a_site_scores_the_text_floor_beside_the_release(site, site_run, monkeypatch, tmp_path) -> None:
+    schema, _, independent = site
+    records = independent.iloc[:200]
+    release = narrated(records, schema, records["narrative"].iloc[:NARRATED].tolist(), [False] * NARRATED)
+    # the coordinator narrates the first released records again, with the public model alone
+    floor = narrated(records.iloc[:150], schema, independent["narrative"].iloc[300:300 + NARRATED].tolist(),
+                     [i < 9 for i in range(NARRATED)])
+    scores = _score(site_run, release, floor, monkeypatch)
+    assert set(scores) == {"federated", "text_floor"}
+    text_floor = scores["text_floor"]
+    received = load_synthetic(_csv(floor, tmp_path / "floor.csv"), schema)  # as the site reads it
+    assert text_floor == evaluate_text(schema, site_run.splits, received, seed=0)
+    assert text_floor["fidelity"] is None and text_floor["text"]["gate_pass_rate"] == pytest.approx(0.7)
+    json.dumps(scores, allow_nan=False)
+    # the report: per site under baselines.text_floor, summarized like the other variants
+    report = build_report({}, {}, {SITE: {"scores": scores, "spend": {}}}, {})
+    assert report["baselines"]["text_floor"] == {SITE: text_floor}
+    summary = report["summary"]["text_floor"]
+    assert summary["fidelity"] is None and summary["privacy"] is None
+    assert summary["text"]["gate_pass_rate"] == pytest.approx(0.7)
+    assert summary["n_test"] == text_floor["n_test"]
+
+
+def test_a_floor_that_is_not_the_releases_records_is_refused(site, site_run, monkeypatch) -> None:
+    schema, _, independent = site
+    records = independent.iloc[:200]
+    release = narrated(records, schema, records["narrative"].iloc[:NARRATED].tolist(), [False] * NARRATED)
+    other = narrated(independent.iloc[200:400], schema, records["narrative"].iloc[:NARRATED].tolist(),
+                     [False] * NARRATED)
+    no_notes = release.drop(columns=["narrative", FLAG_COLUMN])
+    one_more = pd.concat([release, release.iloc[[7]]], ignore_index=True)  # a copy the release lacks
+    for floor in (other, no_notes, one_more):
+        with pytest.raises(RequestRefused, match="text floor"):
+            _score(site_run, release, floor, monkeypatch)
+    assert not (site_run.folder / release_stage.SCORED).exists()  # refused: nothing was scored
+    refusals = [e for e in read_events(site_run.account.folder) if e.kind == "refused"]
+    assert len(refusals) == 3 and all("text floor" in e.detail for e in refusals)
+    # a floor of a few records: scored, and too small for text figures (not an error)
+    tiny = _score(site_run, release, release.iloc[:5], monkeypatch)["text_floor"]
+    assert tiny["text"] is None and tiny["n_test"] > 0
+    (site_run.folder / release_stage.SCORED).unlink()  # a fresh run, as far as the stub knows
+    # without a floor the site scores the release alone, and the report has no floor
+    scores = _score(site_run, release, None, monkeypatch)
+    assert "text_floor" not in scores
+    report = build_report({}, {}, {SITE: {"scores": scores, "spend": {}}}, {})
+    assert report["baselines"]["text_floor"] is None and report["summary"]["text_floor"] is None
+
+
+def test_the_local_only_baseline_has_no_text(site) -> None:
+    """A tabular model writes no narratives: its text figures are null at every site and in the
+    summary, beside a federated release that has them."""
+    schema, split, independent = site
+    tabular = independent.iloc[:200].drop(columns=["narrative"])
+    assert text_metrics(schema, split["train"], split["test"], tabular) is None
+    local = {"n_train": 300, "n_test": 100, "fidelity": {"column_shapes": 0.9}, "text": None, "plots": {}}
+    federated = {"n_train": 300, "n_test": 100, "text": {"mauve": 0.9, "gate_pass_rate": 0.8}, "plots": {}}
+    report = build_report({}, {}, {SITE: {"scores": {"federated": federated, "local_only": local},
+                                          "spend": {}}}, {})
+    assert report["baselines"]["local_only"][SITE]["text"] is None
+    assert report["summary"]["local_only"]["text"] is None
+    assert report["summary"]["federated"]["text"]["gate_pass_rate"] == pytest.approx(0.8)
+
+
+def test_evaluate_at_sites_sends_the_floor_beside_the_release(monkeypatch) -> None:
+    from server import evaluation
+    from server.checkpoint import RunState
+
+    sent: dict[str, Payload] = {}
+
+    def fake_send(grid, nodes, message_type, payload, timeout_s, group="", names=None):
+        sent[message_type] = payload
+        return {node: Payload(values={"announced": "x"} if message_type == "query.announce" else
+                              {"scores": {}, "spend": {}}) for node in nodes}
+
+    monkeypatch.setattr(evaluation, "send", fake_send)
+    for floor in (None, b"floor-bytes"):
+        sent.clear()
+        out = evaluation.evaluate_at_sites(None, {1: "a"}, "{}", b"release-bytes", "ab" * 32, 0, 0, 1.0,
+                                           RunState(), lambda: None, text_floor=floor)
+        assert out == {"a": {"scores": {}, "spend": {}}}
+        blobs = sent["evaluate.release"].blobs
+        assert blobs["release"] == b"release-bytes"
+        assert blobs.get("text_floor") == floor and ("text_floor" in blobs) == (floor is not None)

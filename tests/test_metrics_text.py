@@ -3,7 +3,9 @@
 Two simulated hospitals: site 1 is the site scoring, site 2's records (real narratives that site 1
 never saw, each with its own record) stand in for a good synthetic set. Shuffling those narratives
 across records must cost consistency but not MAUVE (the texts are the same), word salad must cost
-both, and a corpus of one repeated sentence must have a far lower distinct-2.
+both, and a corpus of one repeated sentence must have a far lower distinct-2. MAUVE's ceiling
+(real notes against real notes) must be high and the same whatever the synthetic text; the
+lexical view must be another view than MiniLM's; the gate's pass rate reads the flag column.
 """
 
 from __future__ import annotations
@@ -15,13 +17,25 @@ import pytest
 from common.data import load_site_data, stratified_split
 from common.metrics.bins import MIN_CELL
 from common.metrics.evaluate import evaluate_site, summarize
-from common.metrics.text import MAUVE_MIN_TEXTS, distinct_n, ngram_overlap, text_metrics
+from common.metrics.text import (
+    FLAG_COLUMN,
+    LEXICAL_DIMENSIONS,
+    MAUVE_KEYS,
+    MAUVE_MIN_TEXTS,
+    distinct_n,
+    gate_pass_rate,
+    lexical_features,
+    mauve_figures,
+    ngram_overlap,
+    text_metrics,
+)
 from common.privacy.disclosure import SMALL
 from common.schema import Schema
 from simulation.hospitals import write_sim_data
 
-TEXT_KEYS = {"consistency_accuracy", "real_consistency_accuracy", "mauve", "distinct_2",
-             "real_distinct_2", "canary_exposure_bits", "train_8gram_share"}
+TEXT_KEYS = {"consistency_accuracy", "real_consistency_accuracy", "mauve", "mauve_ceiling", "mauve_alt",
+             "mauve_alt_ceiling", "distinct_2", "real_distinct_2", "gate_pass_rate",
+             "canary_exposure_bits", "train_8gram_share"}
 N_SYNTHETIC = 300
 REPEATED = "45YOM FELL FROM LADDER AT HOME DX: FX RIGHT WRIST. DC'D HOME"
 
@@ -49,16 +63,23 @@ def planted(sim) -> dict[str, pd.DataFrame]:
     texts = synthetic["narrative"].tolist()
     vocabulary = sorted({w for t in split["train"]["narrative"] for w in t.split()})  # the site's words
     salad = [" ".join(rng.choice(vocabulary, size=len(t.split()))) for t in texts]
-    return {"real": synthetic,
+    # Every seventh letter doubled ("FRACTTURE"): MiniLM's word pieces break, most character
+    # n-grams survive.
+    doubled = ["".join(c * 2 if c.isalpha() and i % 7 == 0 else c for i, c in enumerate(t)) for t in texts]
+    flagged = synthetic.copy()  # the gate flagged 3 notes in 20
+    flagged[FLAG_COLUMN] = pd.array([i % 20 < 3 for i in range(len(texts))], dtype="boolean")
+    return {"real": flagged,
             "shuffled": with_narratives(synthetic, [texts[i] for i in rng.permutation(len(texts))]),
             "salad": with_narratives(synthetic, salad),
-            "repeated": with_narratives(synthetic, [REPEATED] * len(texts))}
+            "repeated": with_narratives(synthetic, [REPEATED] * len(texts)),
+            "doubled": with_narratives(synthetic, doubled)}
 
 
 @pytest.fixture(scope="module")
 def scored(sim) -> dict[str, dict]:
     schema, split, _ = sim
-    out = {name: text_metrics(schema, split["train"], split["test"], frame, seed=0)
+    out = {name: text_metrics(schema, split["train"], split["test"], frame, seed=0,
+                              holdout=split["holdout"])
            for name, frame in planted(sim).items()}
     for name, metrics in out.items():
         print(name, {k: v if v is None or isinstance(v, str) else round(v, 3)
@@ -74,8 +95,79 @@ def test_real_narratives_score_near_the_ceiling(scored) -> None:
     assert real["mauve"] > 0.85
     assert real["distinct_2"] == pytest.approx(real["real_distinct_2"], abs=0.1)
     # The real-side figures do not depend on the synthetic text.
-    for name in ("shuffled", "salad", "repeated"):
-        assert scored[name]["real_consistency_accuracy"] == real["real_consistency_accuracy"]
+    for name in ("shuffled", "salad", "repeated", "doubled"):
+        for key in ("real_consistency_accuracy", "mauve_ceiling", "mauve_alt_ceiling"):
+            assert scored[name][key] == real[key], (name, key)
+
+
+def test_the_mauve_ceiling_is_what_real_notes_score(scored) -> None:
+    """Real notes against other real notes of the site score high on both embeddings, far above
+    unlike text; another hospital's real notes score near the ceiling."""
+    real = scored["real"]
+    assert real["mauve_ceiling"] > 0.8 and real["mauve_alt_ceiling"] > 0.8
+    for name in ("salad", "repeated"):
+        assert scored[name]["mauve"] < real["mauve_ceiling"] - 0.5, name
+        assert scored[name]["mauve_alt"] < real["mauve_alt_ceiling"] - 0.4, name
+    assert real["mauve"] > real["mauve_ceiling"] - 0.15
+    assert real["mauve_alt"] > real["mauve_alt_ceiling"] - 0.15
+
+
+def test_the_lexical_view_is_not_minilm(sim, scored) -> None:
+    """Doubled letters break MiniLM's word pieces (its MAUVE falls) but leave most character
+    n-grams and many words of the lexical view; its rows are LEXICAL_DIMENSIONS wide, fitted on
+    the two sets compared, unit length."""
+    doubled = scored["doubled"]
+    print("doubled letters: MiniLM", doubled["mauve"], "lexical", doubled["mauve_alt"])
+    assert doubled["mauve"] < 0.5
+    assert doubled["mauve_alt"] > doubled["mauve"] + 0.25
+    _, split, synthetic = sim
+    p, q = lexical_features(synthetic["narrative"].tolist(), split["test"]["narrative"].tolist())
+    assert p.shape == (len(synthetic), LEXICAL_DIMENSIONS) and q.shape == (len(split["test"]),
+                                                                         LEXICAL_DIMENSIONS)
+    assert np.allclose(np.linalg.norm(np.vstack([p, q]), axis=1), 1.0)
+
+
+def test_the_ceiling_uses_other_real_notes_at_the_same_size(sim) -> None:
+    """The ceiling compares the same real sample as ``mauve`` with as many other real notes; with
+    too few others it is computed at the largest equal size (the real side cut to it), under
+    MAUVE_MIN_TEXTS it is None."""
+    _, split, synthetic = sim
+    synth, real = synthetic["narrative"].tolist()[:80], split["test"]["narrative"].tolist()[:80]
+    others = split["holdout"]["narrative"].tolist()
+    full = mauve_figures(synth, real, others, seed=0)
+    assert set(full) == set(MAUVE_KEYS) and all(v is not None for v in full.values())
+    short = mauve_figures(synth, real, others[:60], seed=0)
+    assert short["mauve"] == full["mauve"] and short["mauve_alt"] == full["mauve_alt"]
+    at_60 = mauve_figures(others[:60], real[:60], [], seed=0)  # others[:60] vs real[:60]
+    assert short["mauve_ceiling"] == at_60["mauve"]
+    assert short["mauve_alt_ceiling"] == at_60["mauve_alt"]
+    assert at_60["mauve_ceiling"] is None and at_60["mauve_alt_ceiling"] is None
+    too_few = mauve_figures(synth, real, others[:MAUVE_MIN_TEXTS - 1], seed=0)
+    assert too_few["mauve_ceiling"] is None and too_few["mauve"] == full["mauve"]
+    assert set(mauve_figures(synth[:MAUVE_MIN_TEXTS - 1], real, others).values()) == {None}
+
+
+def test_gate_pass_rate_reads_the_flag_column(sim, scored) -> None:
+    schema, _, synthetic = sim
+    assert scored["real"]["gate_pass_rate"] == pytest.approx(0.85)  # 3 notes in 20 flagged
+    assert scored["salad"]["gate_pass_rate"] is None  # no flag column: a set from elsewhere
+    frame = synthetic.iloc[:40].copy()
+    frame[FLAG_COLUMN] = pd.array([i % 20 < 3 for i in range(40)], dtype="boolean")
+    assert gate_pass_rate(frame, schema) == pytest.approx(0.85)
+    # only rows with a narrative and a known flag count: blank notes and unknown flags do not
+    frame.loc[frame.index[20:], "narrative"] = pd.array(["  "] * 10 + [None] * 10, dtype="string")
+    frame.loc[frame.index[20:], FLAG_COLUMN] = True
+    assert gate_pass_rate(frame, schema) == pytest.approx(0.85)
+    frame.loc[frame.index[:2], FLAG_COLUMN] = pd.NA
+    assert gate_pass_rate(frame, schema) == pytest.approx(1 - 1 / 18)
+    assert gate_pass_rate(frame.iloc[:11], schema) is None  # 9 known flags: too few
+    assert gate_pass_rate(synthetic, schema) is None
+
+
+def test_the_flag_column_is_the_narrative_models() -> None:
+    from common.text.narrative_model import FLAG_COLUMN as MODEL_FLAG
+
+    assert FLAG_COLUMN == MODEL_FLAG
 
 
 def test_narratives_that_disagree_with_their_records_lose_consistency(scored) -> None:
@@ -132,7 +224,7 @@ def test_partial_narratives_use_only_the_written_rows(sim) -> None:
     # Just enough narratives for a figure, too few for MAUVE's buckets.
     assert MIN_CELL < MAUVE_MIN_TEXTS
     sparse = text_metrics(schema, train, test, written.iloc[:MIN_CELL])
-    assert set(sparse) == TEXT_KEYS and sparse["mauve"] is None
+    assert set(sparse) == TEXT_KEYS and all(sparse[key] is None for key in MAUVE_KEYS)
     assert sparse["consistency_accuracy"] is not None and sparse["distinct_2"] is not None
 
 
@@ -141,6 +233,7 @@ def test_evaluate_site_fills_the_text_block(sim) -> None:
     text = evaluate_site(schema, split, synthetic, seed=1).metrics["text"]
     assert set(text) == TEXT_KEYS and text["canary_exposure_bits"] is None
     assert text["mauve"] > 0.85 and text["consistency_accuracy"] > 0.7
+    assert text["mauve_ceiling"] > 0.8 and text["mauve_alt"] is not None  # holdout notes passed
     assert all(round(v, 4) == v for v in text.values()  # rounded like every figure
                if v is not None and not isinstance(v, str))
     share = text["train_8gram_share"]

@@ -26,10 +26,10 @@ from common.metrics.bins import plot_data
 from common.metrics.features import label_array
 from common.metrics.fidelity import fidelity_metrics
 from common.metrics.privacy import privacy_metrics
-from common.metrics.text import text_metrics
+from common.metrics.text import FLAG_COLUMN, text_metrics
 from common.metrics.utility import utility_metrics
 from common.privacy.disclosure import MIN_CELL, rounded, small_count
-from common.schema import Schema
+from common.schema import Column, Schema
 
 DIGITS = 4  # figures are rounded to this many decimals: finer is noise at these sample sizes
 # Summed over sites in ``summarize``; every other number is a record-weighted mean.
@@ -58,12 +58,12 @@ def evaluate_site(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic:
     synthetic rows are shuffled (seeded) first, so that TSTR's first ``n_train`` records and the
     augmentation pool are random draws even from a file sorted by class. Text metrics
     (``text.text_metrics``) score the synthetic narratives against the site's train and test
-    narratives; ``text`` is None when the synthetic set or a split has too few narratives.
+    narratives (and its holdout notes, for MAUVE's ceiling); ``text`` is None when the synthetic
+    set or a split has too few narratives.
     """
     check_sizes(splits, synthetic)
     train, holdout, test = (splits[name] for name in SPLITS)
-    order = np.random.default_rng(seed).permutation(len(synthetic))
-    synthetic = synthetic.iloc[order].reset_index(drop=True)
+    synthetic = _shuffled(synthetic, seed)
     utility = utility_metrics(train, test, synthetic, schema, seed=seed)
     support = pd.Series(label_array(test, schema)).value_counts()
     for key in RECALLS:  # every class of the schema: an absent class looks like a small one
@@ -75,8 +75,27 @@ def evaluate_site(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic:
                "fidelity": fidelity_metrics(test, synthetic, schema, seed),
                "utility": utility,
                "privacy": privacy,
-               "text": text_metrics(schema, train, test, synthetic, seed)}
+               "text": text_metrics(schema, train, test, synthetic, seed, holdout=holdout)}
     return SiteEvaluation(jsonable(metrics), jsonable(plot_data(test, synthetic, schema)))
+
+
+def evaluate_text(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic: pd.DataFrame,
+                  seed: int = 0) -> dict[str, Any]:
+    """METRICS with only ``text`` filled (``n_train`` and ``n_test`` as ``evaluate_site`` gives
+    them; ``fidelity``, ``utility`` and ``privacy`` None): for a set whose records are another
+    set's and whose narratives alone differ (the narrative model without private data,
+    ``baselines.text_floor``). The same shuffle and text figures as ``evaluate_site``; a set with
+    too few narratives gets ``text`` None, not an error (its records were scored already)."""
+    train, holdout, test = (splits[name] for name in SPLITS)
+    synthetic = _shuffled(synthetic, seed)
+    return jsonable({"n_train": rounded(len(train)), "n_test": rounded(len(test)),
+                     "fidelity": None, "utility": None, "privacy": None,
+                     "text": text_metrics(schema, train, test, synthetic, seed, holdout=holdout)})
+
+
+def _shuffled(synthetic: pd.DataFrame, seed: int) -> pd.DataFrame:
+    order = np.random.default_rng(seed).permutation(len(synthetic))
+    return synthetic.iloc[order].reset_index(drop=True)
 
 
 def check_sizes(splits: Mapping[str, pd.DataFrame], synthetic: pd.DataFrame,
@@ -108,14 +127,16 @@ def evaluate_files(schema_path: str | Path, real_path: str | Path, synthetic_pat
 
 def load_synthetic(path: str | Path, schema: Schema) -> pd.DataFrame:
     """A synthetic file as a typed frame. It holds the released columns only (the modeled ones;
-    when narratives were written, the narrative, which may be empty for records not narrated; the
-    site column when the generator models the site), so it is checked against those; identifiers
-    are not expected."""
+    when narratives were written, the narrative, which may be empty for records not narrated, and
+    the consistency gate's ``narrative_flagged``; the site column when the generator models the
+    site), so it is checked against those; identifiers are not expected."""
     raw = read_raw(path)
     released = [c for c in schema.columns if c.modeled]
     if schema.narrative is not None and schema.narrative.name in raw.columns:
         # A quick run narrates some of its records: an empty narrative is not an error here.
         released.append(replace(schema.narrative, nullable=True))
+        if FLAG_COLUMN in raw.columns and FLAG_COLUMN not in schema:
+            released.append(Column(FLAG_COLUMN, "boolean", role="ignore", nullable=True))
     if schema.site is not None and schema.site.name in raw.columns:
         released.append(schema.site)
     result = validate_frame(raw, Schema(name=schema.name, columns=tuple(released),

@@ -5,7 +5,10 @@ itself (``score``). A site scores only a run it trained in, one announced releas
 a set that does not match the announcement, or any second request, is refused. Every refusal
 and every scored release goes to the account's audit trail. A release must hold at least
 ``MIN_DISTINCT`` distinct records, and the figures follow the small-number rules
-(``common.privacy.disclosure``), so copies of one guessed record learn nothing.
+(``common.privacy.disclosure``), so copies of one guessed record learn nothing. Beside the release
+the request may carry ``blobs["text_floor"]``: released records with narratives written by the
+public warm-start model alone (no private data, epsilon 0), scored for its text figures only;
+its records must be records of the release, so it is no second set of records to probe with.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import re
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from common.fileio import atomic_write_text
 from common.metrics.baselines import IndependentMarginals
-from common.metrics.evaluate import evaluate_site, load_synthetic
+from common.metrics.evaluate import evaluate_site, evaluate_text, load_synthetic
+from common.metrics.features import modeled
+from common.metrics.text import FLAG_COLUMN
 from common.run_plan import RequestRefused
 from common.stages.base import Payload
 from common.stages.site import SiteRun
@@ -51,8 +57,9 @@ def announce(run: SiteRun, request: Payload) -> Payload:
 
 
 def score(run: SiteRun, request: Payload) -> Payload:
-    """Score the announced release (and, when the site allows it, its local-only baseline) on
-    the site's held-out data, once; the figures and the site's DP accounting go back."""
+    """Score the announced release (and, when the site allows it, its local-only baseline; when
+    the request carries one, the text floor) on the site's held-out data, once; the figures and
+    the site's DP accounting go back."""
     data = request.blobs.get("release", b"")
     sha = hashlib.sha256(data).hexdigest()
     path = run.folder / ANNOUNCED
@@ -67,7 +74,8 @@ def score(run: SiteRun, request: Payload) -> Payload:
         raise _refused(run, f"run {run.plan.run!r}'s release {sha[:12]} was already scored by this "
                             f"site; a site scores a release once.")
     synthetic = _received(run, data)
-    distinct = len(synthetic.drop_duplicates())
+    floor = _text_floor(run, request, synthetic)
+    distinct = len(_records(synthetic).drop_duplicates())
     if distinct < MIN_DISTINCT:
         raise _refused(run, f"the release holds {distinct} distinct record(s); a site scores "
                             f"releases of at least {MIN_DISTINCT}.")
@@ -76,10 +84,15 @@ def score(run: SiteRun, request: Payload) -> Payload:
     federated = evaluate_site(run.schema, run.splits, synthetic if mine is None else mine, seed).to_json()
     federated["release_rows"] = "all" if mine is None else "site"
     scores: dict[str, Any] = {"federated": federated, **reference_scores(run, len(synthetic), seed)}
+    if floor is not None:  # of the floor's records, those of the release's rows this site scores
+        keep = None if mine is None else _own_mask(run, floor)
+        rows = floor if keep is None else floor[keep].reset_index(drop=True)
+        scores["text_floor"] = evaluate_text(run.schema, run.splits, rows, seed)
     n_local = int(request.values.get("local_only_records", 0))
     if run.local_only and n_local > 0:
         local = local_only_synthetic(run, n_local, seed)
         scores["local_only"] = evaluate_site(run.schema, run.splits, local, seed).to_json()
+        scores["local_only"]["text"] = None  # a tabular model: no narratives, no text figures
     reply = Payload(values={"scores": scores, "spend": run.spends()})
     atomic_write_text(run.folder / SCORED, json.dumps({"sha256": sha, "time": time.time()}) + "\n")
     run.account.record("scored", run.plan.run, sha)  # both before the figures leave
@@ -90,14 +103,55 @@ def own_records(run: SiteRun, synthetic: pd.DataFrame) -> pd.DataFrame | None:
     """The release's records for this site, when the release carries the site column (a model
     of the sites' differences), the site's records share one code, and at least ``MIN_DISTINCT``
     distinct records have it; else None (the site scores the whole release)."""
+    keep = _own_mask(run, synthetic)
+    if keep is None:
+        return None
+    mine = synthetic[keep].reset_index(drop=True)
+    return mine if len(_records(mine).drop_duplicates()) >= MIN_DISTINCT else None
+
+
+def _own_mask(run: SiteRun, synthetic: pd.DataFrame) -> np.ndarray | None:
+    """The rows of ``synthetic`` carrying this site's one code; None when there is no site
+    column or the site's records carry several codes."""
     site = run.schema.site
     if site is None or site.name not in synthetic.columns:
         return None
     codes = run.data[site.name].astype("string").unique()
     if len(codes) != 1:
         return None
-    mine = synthetic[synthetic[site.name].astype("string") == codes[0]].reset_index(drop=True)
-    return mine if len(mine.drop_duplicates()) >= MIN_DISTINCT else None
+    return (synthetic[site.name].astype("string") == codes[0]).fillna(False).to_numpy(dtype=bool)
+
+
+def _records(synthetic: pd.DataFrame) -> pd.DataFrame:
+    """The records without the gate's flag: a flag does not make a record distinct."""
+    return synthetic.drop(columns=[FLAG_COLUMN], errors="ignore")
+
+
+def _text_floor(run: SiteRun, request: Payload, release: pd.DataFrame) -> pd.DataFrame | None:
+    """The request's ``text_floor`` table, typed like the release, or None when it has none.
+    Refused (and audited) unless it has narratives and its records are records of the release
+    (every modeled column; as many copies of each as the release has at most): only the
+    narratives are its own."""
+    data = request.blobs.get("text_floor")
+    if not data:
+        return None
+    floor = _received(run, data)
+    narrative = run.schema.narrative
+    if narrative is None or narrative.name not in floor.columns or not _rows_within(run, floor, release):
+        raise _refused(run, f"the text floor sent with run {run.plan.run!r}'s release is not records "
+                            f"of the release with narratives (a floor narrates released records; "
+                            f"only its narratives differ).")
+    return floor
+
+
+def _rows_within(run: SiteRun, rows: pd.DataFrame, release: pd.DataFrame) -> bool:
+    """Whether every row of ``rows`` is a row of ``release`` on the modeled columns, counting
+    copies."""
+    def counts(frame: pd.DataFrame) -> pd.Series:
+        return pd.util.hash_pandas_object(modeled(frame, run.schema), index=False).value_counts()
+
+    have, need = counts(release), counts(rows)
+    return bool((have.reindex(need.index, fill_value=0) >= need).all())
 
 
 def reference_scores(run: SiteRun, n_records: int, seed: int) -> dict[str, Any]:
@@ -110,7 +164,9 @@ def reference_scores(run: SiteRun, n_records: int, seed: int) -> dict[str, Any]:
     "synthetic" side would be real records."""
     train = run.splits["train"]
     marginals = IndependentMarginals(run.schema).fit(train).sample(n_records, seed=seed)
-    ceiling = evaluate_site(run.schema, run.splits, train.reset_index(drop=True), seed).metrics
+    notes = [run.schema.narrative.name] if run.schema.narrative is not None else []
+    as_release = train.drop(columns=notes).reset_index(drop=True)  # its text would be discarded
+    ceiling = evaluate_site(run.schema, run.splits, as_release, seed).metrics
     ceiling["privacy"] = {key: None for key in ceiling["privacy"]}
     ceiling["text"] = None
     return {"independent_marginals": evaluate_site(run.schema, run.splits, marginals, seed).metrics,
