@@ -101,8 +101,12 @@ _METRICS = {
     "privacy.exact_copies": SMALL_COUNT,
     "privacy.dcr_overfitting_protection": AGGREGATE, "privacy.mia_auc": AGGREGATE,
     "text": ABSENT,
+    # The text floor's METRICS leave these out: its records are the release's, scored already.
+    "fidelity": ABSENT, "utility": ABSENT, "privacy": ABSENT,
     **{f"text.{k}": AGGREGATE for k in ("consistency_accuracy", "real_consistency_accuracy", "mauve",
+                                         "mauve_ceiling", "mauve_alt", "mauve_alt_ceiling",
                                          "distinct_2", "real_distinct_2", "canary_exposure_bits")},
+    "text.gate_pass_rate": SYNTHETIC,  # the coordinator's own gate flags, read off the release
     "text.train_8gram_share": SMALL_SHARE,
     "plots.min_cell": PUBLIC, "plots.note": PUBLIC, "plots.label": PUBLIC,
     "plots.histograms.*.type": PUBLIC, "plots.histograms.*.cells": PUBLIC,
@@ -117,6 +121,7 @@ REPLIES: dict[str, Declared] = {
     "train.fedavg": Declared(arrays={"*": DP_SGD}),
     "query.marginals": Declared(arrays={"*": DP_GAUSSIAN},
                                 values={"site_code": PUBLIC, "noise": PUBLIC}),
+    "query.pe": Declared(arrays={"votes": DP_GAUSSIAN}),  # noisy nearest-candidate vote histogram
     "query.announce": Declared(values={"announced": PUBLIC}),
     "evaluate.release": Declared(values={
         **{f"scores.*.{path}": rule for path, rule in _METRICS.items()},

@@ -127,12 +127,14 @@ class RunPlan:
                  text_local_steps: int = 0, local_only: bool = False) -> RunPlan:
         """The run fedsynth makes: the tabular generator (a marginal model, ``mst``/``aim``, in one
         stage of measurements; a deep one, ``vae``/``ddpm``, as its label statistics then FedAvg
-        rounds), then (with a text config) FedAvg rounds of the narrative model's adapters."""
+        rounds), then (with a text config) FedAvg rounds of the narrative model's adapters and/or
+        its private-evolution vote rounds (``pe`` in the text config)."""
         if not proximal_mu >= 0:
             raise InputError(f"proximal_mu must be >= 0 (0 is FedAvg), got {proximal_mu}.")
-        if text_config is not None and (text_rounds < 1 or text_local_steps < 1):
-            raise InputError(f"a run with narratives needs text rounds and local steps >= 1 (got "
-                             f"{text_rounds} and {text_local_steps}).")
+        pe_rounds = int(((text_config or {}).get("pe") or {}).get("rounds", 0))
+        if text_config is not None and pe_rounds < 1 and (text_rounds < 1 or text_local_steps < 1):
+            raise InputError(f"a run with narratives needs private-evolution rounds, or text "
+                             f"rounds and local steps >= 1 (got {text_rounds} and {text_local_steps}).")
         models = {"tabular": ModelSpec("tabular", kind, dict(tabular_config))}
         stages = [StageSpec("marginals", "tabular")] if kind in MARGINAL_KINDS else [
             StageSpec("label_counts", "tabular"),
@@ -140,9 +142,12 @@ class RunPlan:
                                             "proximal_mu": proximal_mu})]
         if text_config is not None:
             models["text"] = ModelSpec("text", "lora", dict(text_config))
-            stages.append(StageSpec("fedavg", "text", {"rounds": text_rounds,
-                                                       "local_steps": text_local_steps,
-                                                       "proximal_mu": 0.0}))
+            if text_rounds > 0 and text_local_steps > 0:
+                stages.append(StageSpec("fedavg", "text", {"rounds": text_rounds,
+                                                           "local_steps": text_local_steps,
+                                                           "proximal_mu": 0.0}))
+            if pe_rounds > 0:  # after DP-LoRA: the trained adapter writes the candidates
+                stages.append(StageSpec("pe", "text", {"records_from": "tabular"}))
         return cls(run=run, seed=seed, models=models, stages=tuple(stages), local_only=local_only)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from common.errors import InputError
 from common.stages.models import TabularFamily
@@ -48,12 +49,13 @@ def synthesize(model_dir: str | Path, n: int, conditions: dict[str, str] | None 
 
 
 def add_narratives(records: pd.DataFrame, model: NarrativeModel, limit: int | None,
-                   seed: int | None) -> pd.DataFrame:
+                   seed: int | None, label: str | None = None) -> pd.DataFrame:
     """``records`` with a narrative (and the gate's ``narrative_flagged``) for the first ``limit``
     of them (all when None); the others keep an empty narrative and flag, so a quick CPU run
-    can release many records and narrate a few."""
+    can release many records and narrate a few. With ``label``, a progress bar (on stderr)."""
     limit = len(records) if limit is None else min(limit, len(records))
-    narrated = model.sample(records.iloc[:limit], seed=seed)
+    with tqdm(total=limit, desc=label, unit="note", disable=label is None, leave=False) as bar:
+        narrated = model.sample(records.iloc[:limit], seed=seed, progress=bar.update)
     column = model.schema.narrative.name
     out = records.copy()
     out[column] = pd.array([pd.NA] * len(out), dtype="string")

@@ -91,7 +91,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from simulation.demo import run_demo
 
     _print_run(run_demo(out=Path(args.out), profile=args.profile, seed=args.seed,
-                        text=not args.no_text, generator=args.generator), Path(args.out))
+                        text=not args.no_text, generator=args.generator,
+                        **_public_corpus(args)), Path(args.out))
     return 0
 
 
@@ -102,14 +103,62 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from simulation.pipeline import run_pipeline
     from simulation.profiles import PROFILES
 
+    corpus = _public_corpus(args)  # flags first: before any data file is read
     with tempfile.TemporaryDirectory(prefix="fedsynth-sites-in-") as work:
         files = site_files_from(Path(args.data), args.site_column, Path(work))
         report = run_pipeline(files, Path(args.schema), Path(args.out), PROFILES[args.profile],
                               generator=args.generator, epsilon_tabular=args.epsilon_tabular,
                               seed=args.seed, text=not args.no_text,
-                              epsilon_text=args.epsilon_text, text_model=args.text_model)
+                              epsilon_text=args.epsilon_text, text_model=args.text_model,
+                              **corpus)
     _print_run(report, Path(args.out))
     return 0
+
+
+def cmd_warm_start(args: argparse.Namespace) -> int:
+    """Train the narrative model's public warm start for a profile's narrative config; cached,
+    or with ``--ship`` written beside the default corpus (examples/neiss/warm_start)."""
+    from common.cache import cache_dir
+    from common.text.narrative_model import resolve_config
+    from common.text.public_corpus import public_corpus
+    from common.text.warm_start import SHIPPED, save_adapter, train_adapter, warm_key
+    from simulation.profiles import PROFILES
+
+    paths = _public_corpus(args)
+    if paths["public_corpus"] is None:
+        raise InputError("--public-corpus none: there is nothing to warm-start from.")
+    corpus = public_corpus(paths["public_corpus"], paths["public_schema"])
+    config = resolve_config({**PROFILES[args.profile].text_config,
+                             **({"base": args.text_model} if args.text_model else {})})
+    weights = train_adapter(corpus, config, log=print)
+    folder = SHIPPED if args.ship else cache_dir() / "warm-start"
+    print(save_adapter(folder, warm_key(corpus, config), weights, corpus, config))
+    return 0
+
+
+def _public_corpus(args: argparse.Namespace) -> dict[str, Path | None]:
+    """``--public-corpus FILE|none`` and ``--public-schema S`` as run_pipeline's arguments."""
+    from common.text.public_corpus import DEFAULT_CORPUS
+
+    if args.public_corpus is None:
+        return {"public_corpus": DEFAULT_CORPUS, "public_schema": None}
+    if args.public_corpus.lower() == "none":
+        return {"public_corpus": None, "public_schema": None}
+    if args.public_schema is None:
+        raise InputError(f"--public-corpus {args.public_corpus} needs --public-schema S: the "
+                         f"corpus is read and validated like a site's file.")
+    for path in (args.public_corpus, args.public_schema):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: file not found (--public-corpus / --public-schema).")
+    return {"public_corpus": Path(args.public_corpus), "public_schema": Path(args.public_schema)}
+
+
+def _add_public_corpus(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--public-corpus", metavar="FILE|none",
+                        help="the narrative model's public warm start: record -> note pairs in a "
+                             "public file (default: the NEISS sample in examples/neiss); none: "
+                             "no warm start")
+    parser.add_argument("--public-schema", metavar="S", help="the schema of --public-corpus")
 
 
 def _positive_float(text: str) -> float:
@@ -197,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-text", action="store_true", help="tabular records only, no narratives")
     demo.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
                       help=f"the tabular generator ({DEFAULT_GENERATOR})")
+    _add_public_corpus(demo)
     demo.set_defaults(func=cmd_demo)
 
     simulate = sub.add_parser("simulate", help="the federated pipeline on your own data")
@@ -219,7 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "(tests), or local:PATH (a Hugging Face causal LM folder, e.g. "
                                "MedGemma 27B text-it on a GPU)")
     simulate.add_argument("--seed", type=int, default=0)
+    _add_public_corpus(simulate)
     simulate.set_defaults(func=cmd_simulate)
+
+    warm = sub.add_parser("warm-start", help="train the narrative model's public warm start")
+    warm.add_argument("--profile", choices=("quick", "full"), default="quick",
+                      help="whose narrative config (base model, LoRA settings) it is for")
+    warm.add_argument("--text-model", metavar="BASE", help="the base model (the profile's if unset)")
+    warm.add_argument("--ship", action="store_true",
+                      help="write it beside the default corpus (examples/neiss/warm_start)")
+    _add_public_corpus(warm)
+    warm.set_defaults(func=cmd_warm_start)
 
     sim = sub.add_parser("sim-data", help="write simulated hospital data files and their schema")
     sim.add_argument("--sites", type=_positive_int, required=True)

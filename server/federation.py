@@ -34,6 +34,8 @@ from common.stages import stages_of
 from common.stages.base import CoordinatorContext, Payload, Stage
 from common.stages.models import family_of
 from common.synthesis import add_narratives
+from common.text.narrative_model import FLAG_COLUMN
+from common.text.public_corpus import PublicCorpus, public_corpus
 from common.version import __version__
 from server.aggregate import weighted_average
 from server.checkpoint import RunState, load_arrays, load_checkpoint, save_checkpoint
@@ -43,6 +45,7 @@ from server.messaging import send
 from server.report import build_report, privacy_section, write_report
 
 log = logging.getLogger("fedsynth.server")
+FLOOR_RECORDS = 200  # narrated for the text floor: as many as MAUVE compares at a site's test size
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,25 @@ class FederationSettings:
     text_rounds: int = 0
     text_local_steps: int = 0
     narrated_records: int | None = None  # released records that get a narrative; None: all
+    # The narrative model's public warm start: a corpus file and its schema (None: none).
+    public_corpus: Path | None = None
+    public_schema: Path | None = None
+
+    @property
+    def corpus(self) -> PublicCorpus | None:
+        """The warm start's corpus, in a run with narratives that has one."""
+        if self.text_config is None or self.public_corpus is None:
+            return None
+        return public_corpus(self.public_corpus, self.public_schema)
 
     @property
     def plan(self) -> RunPlan:
+        text_config = self.text_config
+        if self.corpus is not None:  # what a site needs to refuse pretraining on its own notes
+            text_config = {**text_config, "public_corpus": self.corpus.plan_entry()}
         return RunPlan.standard(run=self.run, seed=self.seed, kind=self.kind, rounds=self.rounds,
                                 local_steps=self.local_steps, tabular_config=self.tabular_config,
-                                proximal_mu=self.proximal_mu, text_config=self.text_config,
+                                proximal_mu=self.proximal_mu, text_config=text_config,
                                 text_rounds=self.text_rounds, text_local_steps=self.text_local_steps,
                                 local_only=self.local_only)
 
@@ -100,6 +116,8 @@ def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult
                           timeout_s=settings.handshake_timeout_s,
                           reply_timeout_s=min(settings.round_timeout_s, 300.0))
     models = {name: family_of(spec).build(schema, spec, plan.seed) for name, spec in plan.models.items()}
+    if "text" in models and settings.corpus is not None:
+        models["text"].warm_start(settings.corpus, log=log.info)
     ctx = CoordinatorContext(schema, plan, models, weighted_average, settings.max_update_norm,
                              {node: state.weights[name] for node, name in nodes.items()
                               if name in state.weights})
@@ -166,7 +184,8 @@ def release_and_evaluate(grid: Grid, nodes: dict[int, str], ctx: CoordinatorCont
     evaluations = evaluate_at_sites(
         grid, nodes, ctx.plan.to_json(), data, sha,
         settings.synthetic_records if settings.local_only else 0, settings.seed,
-        settings.round_timeout_s, state, lambda: save_checkpoint(settings.checkpoint_dir, state))
+        settings.round_timeout_s, state, lambda: save_checkpoint(settings.checkpoint_dir, state),
+        text_floor=text_floor(ctx, settings, synthetic))
     run = {"fedsynth_version": __version__, "seed": settings.seed, "profile": settings.profile,
            "generator": settings.kind, "sites": sorted(nodes.values()), "rounds": settings.rounds,
            "duration_s": round(time.time() - started, 1),
@@ -174,6 +193,34 @@ def release_and_evaluate(grid: Grid, nodes: dict[int, str], ctx: CoordinatorCont
     privacy = privacy_section({site: e["spend"] for site, e in evaluations.items()}, ctx.plan)
     release = {"sha256": sha, "records": len(synthetic)}
     write_report(settings.run_dir, build_report(run, privacy, evaluations, release), synthetic)
+
+
+def log_narratives(stats: dict[str, float], what: str) -> None:
+    log.info("%s: %d written (%d attempts, %d still flagged by the gate), %d tokens in %.0f s",
+             what, stats["records"], stats["attempts"], stats["flagged"], stats["tokens"],
+             stats["seconds"])
+
+
+def text_floor(ctx: CoordinatorContext, settings: FederationSettings,
+               synthetic: pd.DataFrame) -> bytes | None:
+    """The text floor: the first ``FLOOR_RECORDS`` released records narrated by the narrative
+    model without any private data (the public warm start alone, epsilon 0), for the sites to
+    score beside the release (``baselines.text_floor``); saved, so a resumed run sends the same."""
+    if "text" not in ctx.models:
+        return None
+    saved = settings.run_dir / "text_floor.parquet"
+    if saved.exists():
+        return saved.read_bytes()
+    floor = family_of(ctx.plan.models["text"]).build(ctx.schema, ctx.plan.models["text"], ctx.plan.seed)
+    if settings.corpus is not None:
+        floor.warm_start(settings.corpus)
+    records = synthetic.drop(columns=[ctx.schema.narrative.name, FLAG_COLUMN], errors="ignore")
+    narrated = add_narratives(records.iloc[:FLOOR_RECORDS], floor, None, settings.seed,
+                              label="text floor")
+    log_narratives(floor.last_sample_stats, "text floor (no private data)")
+    data = table_bytes(narrated)
+    atomic_write_bytes(saved, data)
+    return data
 
 
 def _release(ctx: CoordinatorContext, settings: FederationSettings,
@@ -189,11 +236,8 @@ def _release(ctx: CoordinatorContext, settings: FederationSettings,
     synthetic = ctx.models["tabular"].sample(settings.synthetic_records, seed=settings.seed)
     if "text" in ctx.models:
         synthetic = add_narratives(synthetic, ctx.models["text"], settings.narrated_records,
-                                   settings.seed)
-        stats = ctx.models["text"].last_sample_stats
-        log.info("narratives: %d written (%d attempts, %d still flagged by the gate), %d tokens in "
-                 "%.0f s", stats["records"], stats["attempts"], stats["flagged"], stats["tokens"],
-                 stats["seconds"])
+                                   settings.seed, label="narratives")
+        log_narratives(ctx.models["text"].last_sample_stats, "narratives")
     data = table_bytes(synthetic)
     write_table(synthetic, settings.run_dir / "synthetic.csv")
     atomic_write_bytes(saved, data)

@@ -87,7 +87,7 @@ def write_report(folder: Path, report: Mapping[str, Any], synthetic: pd.DataFram
 
 
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
-    """Seven lines for a terminal: federated vs local-only vs centralized, beside the yardsticks
+    """Seven lines (eight with narratives) for a terminal: federated vs local-only vs centralized, beside the yardsticks
     (independent marginals, which every generator must beat, and the real train split, the
     ceiling), on the figures that tell generators apart (pair trends, detection AUC, TSTR against
     TRTR, membership inference, and the narratives' consistency against the real notes')."""
@@ -109,6 +109,9 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                      f"{_fmt(fidelity['detection_auc']):>9} "
                      f"{_fmt(utility['tstr_macro_f1']) + '/' + _fmt(utility['trtr_macro_f1']):>12} "
                      f"{_fmt(metrics['privacy']['mia_auc']):>7} {narratives:>26}")
+    text = (report["summary"]["federated"] or {}).get("text")
+    if text:
+        lines.append(narratives_line(text, (report["summary"].get("text_floor") or {}).get("text")))
     per_site = report["privacy"]["per_site"].values()
     federated = [p["epsilon_tabular"] for p in per_site]
     text = [p["epsilon_text"] for p in per_site if p.get("epsilon_text") is not None]
@@ -119,6 +122,19 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                  + f", the run's releases composed {_span(total)} (lifetime {_span(lifetime)}); "
                  f"delta {report['privacy'].get('delta')}")
     return lines
+
+
+def narratives_line(text: Mapping[str, Any], floor: Mapping[str, Any] | None) -> str:
+    """The narratives against their ceilings (real notes) and their floor (no private data)."""
+    line = (f"narratives: gate pass {_fmt(text.get('gate_pass_rate'))}; consistency "
+            f"{_fmt(text['consistency_accuracy'])} (real {_fmt(text['real_consistency_accuracy'])}); "
+            f"MAUVE {_fmt(text['mauve'])} (real vs real {_fmt(text.get('mauve_ceiling'))}), lexical "
+            f"{_fmt(text.get('mauve_alt'))} ({_fmt(text.get('mauve_alt_ceiling'))}); distinct-2 "
+            f"{_fmt(text['distinct_2'])} (real {_fmt(text['real_distinct_2'])})")
+    if floor:
+        line += (f"; floor (no private data): consistency {_fmt(floor['consistency_accuracy'])}, "
+                 f"MAUVE {_fmt(floor['mauve'])}")
+    return line
 
 
 def _span(values: list[float]) -> str:

@@ -35,7 +35,13 @@ def settings_from_run_config(config: Mapping[str, Any]) -> FederationSettings:
         local_only=bool(config.get("local-only", False)),
         text_config=text_config, text_rounds=int(config.get("text-rounds", 0)),
         text_local_steps=int(config.get("text-local-steps", 0)),
-        narrated_records=int(config.get("narrated-records", 0)) or None)
+        narrated_records=int(config.get("narrated-records", 0)) or None,
+        public_corpus=_path(config, "public-corpus"), public_schema=_path(config, "public-schema"))
+
+
+def _path(config: Mapping[str, Any], key: str) -> Path | None:
+    value = str(config.get(key, "")).strip()
+    return Path(value) if value else None
 
 
 def _json(config: Mapping[str, Any], key: str, default: str) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from common.data import load_site_data, read_raw
+from common.errors import InputError
 from common.fileio import atomic_write_text, staged_dir
 from common.metrics.evaluate import summarize
 from common.privacy.account import SiteAccount
@@ -31,6 +32,8 @@ from common.schema import Schema
 from common.site_config import SiteConfig
 from common.stages.release import local_only_synthetic
 from common.stages.site import SiteRun
+from common.text.public_corpus import DEFAULT_CORPUS, PublicCorpus, overlap
+from common.text.public_corpus import public_corpus as public_corpus_of
 from server.federation import FederationSettings
 from server.report import add_variant, write_report
 from simulation.baselines import centralized_synthetic, scored_at_sites
@@ -61,9 +64,11 @@ Inspect = Callable[[SimulatedRun], None]  # sees the run before its private fold
 def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, profile: RunProfile,
                  generator: str = DEFAULT_TABULAR_KIND, epsilon_tabular: float = 3.0, seed: int = 0,
                  inspect: Inspect | None = None, text: bool = True, epsilon_text: float = 3.0,
-                 text_model: str | None = None) -> dict[str, Any]:
+                 text_model: str | None = None, public_corpus: Path | None = DEFAULT_CORPUS,
+                 public_schema: Path | None = None) -> dict[str, Any]:
     """Federated training (the tabular generator, then, with ``text`` and a narrative column,
-    the narrative model's adapters, ``text_model`` overriding the profile's base) -> synthesis
+    the narrative model from its public warm start on ``public_corpus`` (None: none) by DP-LoRA
+    rounds and/or private evolution, ``text_model`` overriding the profile's base) -> synthesis
     -> federated evaluation (each site scores the released set and its own local-only model,
     which spends its budget a second time, in its ledger) -> the simulation's additions (the
     centralized baseline; with narratives, the exposure of canaries planted in the first site's
@@ -72,7 +77,9 @@ def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, prof
     schema = Schema.load(schema_path)
     for path in site_files.values():  # bad input stops here with the full report (exit 2)
         load_site_data(path, schema, bad_rows="reject")
-    text = text and schema.narrative is not None and profile.text_rounds > 0
+    text = text and schema.narrative is not None and profile.has_text
+    if text and public_corpus is not None:
+        check_public_corpus(site_files, schema, public_corpus_of(public_corpus, public_schema))
     with tempfile.TemporaryDirectory(prefix="fedsynth-sites-") as private, staged_dir(out) as stage:
         settings = replace(simulation_settings(len(site_files), schema_path, stage, profile,
                                                generator, seed),
@@ -82,7 +89,8 @@ def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, prof
         if text:
             canaries = plant_canaries(site_files, schema, seed, Path(private) / "canaries")
             site_files = {**site_files, canaries.site: canaries.site_file}
-            settings = replace(settings, **text_settings(profile, schema, text_model))
+            settings = replace(settings, **text_settings(profile, schema, text_model),
+                               public_corpus=public_corpus, public_schema=public_schema)
         sites = simulated_sites(site_files, schema_path, Path(private) / "sites", epsilon_tabular,
                                 epsilon_text)
         run_simulated_federation(sites, settings)
@@ -128,6 +136,20 @@ def simulation_settings(n_sites: int, schema_path: Path, run_dir: Path, profile:
         rounds=profile.rounds, local_steps=profile.local_steps, seed=seed,
         tabular_config=profile.config_for(generator), min_sites=n_sites,
         quorum=max(1, math.ceil(n_sites / 2)), handshake_timeout_s=120, round_timeout_s=1800)
+
+
+def check_public_corpus(site_files: dict[str, Path], schema: Schema, corpus: PublicCorpus) -> None:
+    """Refuse, before anything runs, sites whose notes are in the warm start's public corpus (each
+    site would refuse the run; here the user learns why and what to do at once)."""
+    hashes = corpus.note_hashes()
+    for name, path in sorted(site_files.items()):
+        notes = load_site_data(path, schema)[schema.narrative.name].dropna()
+        shared = overlap(notes.astype(str), hashes)
+        if shared:
+            raise InputError(f"{path}: {shared} of site {name}'s {len(notes)} notes are in the "
+                             f"public corpus {corpus.path} of the narrative model's warm start; "
+                             f"pretraining on them would not be public. Pass --public-corpus none "
+                             f"(no warm start), another public corpus, or --no-text.")
 
 
 def text_settings(profile: RunProfile, schema: Schema, text_model: str | None) -> dict[str, Any]:

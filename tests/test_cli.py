@@ -89,6 +89,16 @@ def test_text_flags_reach_the_pipeline(monkeypatch, tmp_path: Path) -> None:
     assert calls[1]["text"] is False and calls[2]["text"] is False
     res = fedsynth(*base, "--epsilon-text", "0")
     assert res.returncode == 2 and "must be above 0" in res.stderr
+    from common.text.public_corpus import DEFAULT_CORPUS
+
+    assert calls[0]["public_corpus"] == DEFAULT_CORPUS  # the NEISS warm start by default
+    assert cli.main([*base, "--public-corpus", "none"]) == 0 and calls[-1]["public_corpus"] is None
+    schema = tmp_path / "public.yaml"
+    schema.write_text("name: p\n", encoding="utf-8")
+    assert cli.main([*base, "--public-corpus", str(schema), "--public-schema", str(schema)]) == 0
+    assert calls[-1]["public_schema"] == schema
+    res = fedsynth(*base, "--public-corpus", "notes.csv")
+    assert res.returncode == 2 and "--public-schema" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_ledger_show_prints_a_sites_spends_and_refuses_a_folder_without_one(tmp_path, sites) -> None:

@@ -24,7 +24,8 @@ from tests.test_federation import _grid, _settings, crash_once
 
 torch.set_num_threads(1)
 TEXT_ROUNDS = "3-fedavg-text"  # the standard plan's third stage
-TEXT = {"base": "tiny", "fields": ["mechanism", "age", "sex", "body_region"], "batch_size": 16,
+TEXT = {"base": "tiny", "max_noise_per_batch": None,  # mechanics, not learning
+        "fields": ["mechanism", "age", "sex", "body_region"], "batch_size": 16,
         "max_target_tokens": 32, "sampling": {"max_new_tokens": 12, "batch_size": 16, "retries": 1}}
 
 

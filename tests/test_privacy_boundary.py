@@ -81,7 +81,8 @@ def test_a_plan_that_sets_a_privacy_parameter_is_refused(sites, model, key) -> N
     _, configs = sites
     app, ctxs = _app_for(configs[1])
     plan = json.loads(RunPlan.standard(run="a", seed=1, kind="vae", rounds=1, local_steps=2,
-                                       tabular_config=TINY, text_config={"base": "tiny"},
+                                       tabular_config=TINY, text_config={"base": "tiny",
+                                                                    "max_noise_per_batch": None},
                                        text_rounds=1, text_local_steps=1).to_json())
     target = plan["models"][model]["config"]
     *parents, leaf = key.split(".")

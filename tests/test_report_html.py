@@ -21,7 +21,8 @@ from simulation.hospitals import simulate_site
 SITES = ("site-1-urban_trauma", "St <Mary's> & Co")
 SECTIONS = ("run", "privacy", "summary", "sites", "utility", "rare-classes", "distributions", "samples")
 PLAN = RunPlan.standard("run-1", 0, "vae", rounds=3, local_steps=5, tabular_config={},
-                        text_config={"base": "tiny"}, text_rounds=2, text_local_steps=3,
+                        text_config={"base": "tiny", "max_noise_per_batch": None},
+                        text_rounds=2, text_local_steps=3,
                         local_only=True)
 TABULAR_ONLY = RunPlan.standard("run-1", 0, "vae", rounds=3, local_steps=5, tabular_config={})
 RELEASE = {"sha256": "ab" * 32, "records": 1200}

@@ -32,10 +32,12 @@ TINY = RunProfile("quick", sites=3, records_per_site=300, rounds=3, local_steps=
                   tabular_config={"batch_size": 64, "lr": 3e-3,
                                   "model": {"hidden": [64, 64], "latent_dim": 8}},
                   text_rounds=2, text_local_steps=2, narrated_records=60,
-                  text_config={"base": "tiny", "batch_size": 32, "max_target_tokens": 32,
+                  text_config={"base": "tiny", "max_noise_per_batch": None,  # mechanics
+                               "batch_size": 32, "max_target_tokens": 32,
                                "sampling": {"max_new_tokens": 24, "batch_size": 30, "retries": 1}})
-TEXT_KEYS = {"consistency_accuracy", "real_consistency_accuracy", "mauve", "distinct_2",
-             "real_distinct_2", "canary_exposure_bits", "train_8gram_share"}
+TEXT_KEYS = {"consistency_accuracy", "real_consistency_accuracy", "mauve", "mauve_ceiling", "mauve_alt",
+             "mauve_alt_ceiling", "distinct_2", "real_distinct_2", "gate_pass_rate",
+             "canary_exposure_bits", "train_8gram_share"}
 
 
 def _categorical_gap(synthetic: pd.DataFrame, real: pd.DataFrame, schema: Schema) -> float:
@@ -198,10 +200,15 @@ def test_report_compares_federated_local_only_and_centralized_at_every_site(run)
     # privacy figures are null (they would describe the train split itself)
     ceiling, marginals = report["summary"]["real_train"], report["summary"]["independent_marginals"]
     assert ceiling["fidelity"]["column_pair_trends"] > marginals["fidelity"]["column_pair_trends"]
-    assert set(ceiling["privacy"].values()) == {None} and report["baselines"]["text_floor"] is None
+    assert set(ceiling["privacy"].values()) == {None}
+    # the text floor (the warm start alone, no private data) is scored at every site, text only
+    floor = report["baselines"]["text_floor"]
+    assert set(floor) == set(files) and all(set(m["text"]) == TEXT_KEYS for m in floor.values())
+    assert all(m["fidelity"] is None for m in floor.values())
     assert 0 < report["run"]["duration_s"] < 3600
     lines = summary_lines(report)  # what `fedsynth demo` prints
-    assert len(lines) == 7 and lines[1].startswith("federated") and lines[3].startswith("centralized")
+    assert len(lines) == 8 and lines[6].startswith("narratives: gate pass") and "floor" in lines[6]
+    assert lines[1].startswith("federated") and lines[3].startswith("centralized")
     assert lines[4].startswith("marginals") and lines[5].startswith("real train")
     federated = {p["epsilon_tabular"] for p in report["privacy"]["per_site"].values()}
     assert f"federated model {min(federated):.2f}" in lines[6]

@@ -77,7 +77,8 @@ def planted_site() -> tuple[pd.DataFrame, pd.DataFrame, list[Canary], list[list[
 
 def mean_exposure(epsilon: float | None, site) -> float:
     real, train, canaries, rows = site
-    config = {"base": "tiny", "fields": ["mechanism"], "lr": 2e-2, "batch_size": 16,
+    config = {"base": "tiny", "max_noise_per_batch": None, "fields": ["mechanism"],
+              "lr": 2e-2, "batch_size": 16,
               "lora": {"target_modules": ALL_LINEAR}}
     model = NarrativeModel(SCHEMA, epsilon=epsilon, config=config, device="cpu", noise_seed=5)
     model.fit(train, steps=100)
@@ -95,3 +96,33 @@ def test_canaries_are_memorised_without_dp_and_not_with_it(planted_site) -> None
     print(f"canary exposure: without DP {without_dp:.2f} bits, with DP (epsilon 3) {with_dp:.2f} bits")
     assert without_dp > 6.0
     assert with_dp < 3.0
+
+
+@pytest.mark.integration  # ~30 s on 2 cores: tiny-model candidates, one vote round, 3 exposures
+def test_private_evolution_does_not_expose_the_canaries_even_without_noise(planted_site) -> None:
+    """What private evolution releases (vote histograms over the coordinator's own candidates,
+    then the voted candidates as style examples) carries no private text: with the planted notes
+    voting without any noise, and the voted example in every prompt, exposure stays at chance
+    (a model trained on them without DP scores above 6 bits in the test above)."""
+    from common.text.private_evolution import CandidatePool
+    from common.text.serialize import EXAMPLE_COLUMN
+
+    real, train, canaries, rows = planted_site
+    config = {"base": "tiny", "fields": ["mechanism"], "lora": {"target_modules": ALL_LINEAR},
+              "sampling": {"max_new_tokens": 16, "batch_size": 16, "retries": 0},
+              "pe": {"rounds": 1, "share": 1.0, "candidates": 4, "pool_records": 64}}
+    model = NarrativeModel(SCHEMA, epsilon=None, config=config, device="cpu")
+    pool = CandidatePool.draw(real.drop(columns="narrative"), model.checker.columns, per_key=4)
+    pool.texts = model.sample(pool.frame(), seed=0)["narrative"].tolist()  # the coordinator's own
+    model.plan(len(train), 0)
+    pool.votes = model.release_votes(train, pool.texts, pool.keys, round=1).tolist()
+    model.examples = pool.examples()
+    assert model.examples  # the planted site's notes did vote
+    exposures = []
+    for canary, r in zip(canaries, rows, strict=True):
+        record = model.with_examples(real.iloc[[r[0]]], seed=0).iloc[0].to_dict()
+        assert isinstance(record[EXAMPLE_COLUMN], str) and canary.text not in record[EXAMPLE_COLUMN]
+        exposures.append(model.canary_exposure(record, real["narrative"].iloc[r[0]], canary,
+                                               n_candidates=127, seed=1))
+    print(f"canary exposure after private evolution (no noise): {np.mean(exposures):.2f} bits")
+    assert float(np.mean(exposures)) < 3.0

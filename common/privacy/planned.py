@@ -76,16 +76,19 @@ class PlannedBudget:
                                  f"records and {self._plan['planned_steps']} steps; the noise is "
                                  f"calibrated once for the whole run. Keep the plan or start a new model.")
             return self._plan["noise_multiplier"]
-        if n_records < 1 or planned_steps < 1:
-            raise InputError(f"plan needs at least one record and one step (got {n_records} "
-                             f"records, {planned_steps} steps).")
         plan: dict[str, Any] = {"n_records": int(n_records), "planned_steps": int(planned_steps),
                                 "noise_multiplier": None}
+        reserved = self._reserved_releases(plan) if self.private else []
+        if n_records < 1 or planned_steps < 0 or (planned_steps == 0 and not reserved and self.private):
+            raise InputError(f"plan needs at least one record and one step (got {n_records} "
+                             f"records, {planned_steps} steps).")
         if self.private:
             self.budget = PrivacyBudget(self.epsilon, self.delta, self.model_name, self.ledger)
-            q = sample_rate(n_records, self.config["batch_size"])
-            plan["noise_multiplier"] = self.budget.calibrate(q, planned_steps,
-                                                             self._reserved_releases(plan))
+            if planned_steps:
+                q = sample_rate(n_records, self.config["batch_size"])
+                plan["noise_multiplier"] = self.budget.calibrate(q, planned_steps, reserved)
+            else:  # reserved releases only (private evolution's votes, fitted to the budget)
+                self.budget.check_lifetime(reserved)
         self._plan = plan
         return plan["noise_multiplier"]
 

@@ -7,9 +7,11 @@ from common.stages.base import Stage
 from common.stages.fedavg import FedAvgRounds
 from common.stages.label_counts import LabelCounts
 from common.stages.marginals import MarginalMeasurements
+from common.stages.private_evolution import PrivateEvolution
 
 STAGE_TYPES: dict[str, type[Stage]] = {cls.type: cls for cls in (LabelCounts, FedAvgRounds,
-                                                                  MarginalMeasurements)}
+                                                                  MarginalMeasurements,
+                                                                  PrivateEvolution)}
 
 
 def stages_of(plan: RunPlan) -> list[Stage]:

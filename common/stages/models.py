@@ -39,7 +39,7 @@ class TabularFamily:
                       seed=seed, ledger=ledger, name=name, noise_seed=noise_seed,
                       max_grad_norm=max_grad_norm)
 
-    def records(self, train: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    def records(self, train: pd.DataFrame, schema: Schema, spec: ModelSpec) -> pd.DataFrame:
         return train
 
     def planned(self, spec: ModelSpec, epsilon: float, delta: float, n_records: int,
@@ -80,18 +80,32 @@ class TextFamily:
                               ledger=ledger, name=name or spec.ledger_name, noise_seed=noise_seed,
                               max_grad_norm=max_grad_norm)
 
-    def records(self, train: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    def records(self, train: pd.DataFrame, schema: Schema, spec: ModelSpec) -> pd.DataFrame:
+        """The train records with a note; refused when the plan's public corpus (the warm
+        start) holds some of these notes: pretraining on them would not be public."""
+        from common.text.public_corpus import overlap
+
         if schema.narrative is None:
             raise PlanRefused(f"the plan trains a narrative model, but the schema {schema.name} has "
                               f"no narrative column.")
         text = train[schema.narrative.name].astype("string")
-        return train[text.notna() & (text.str.strip() != "")]
+        records = train[text.notna() & (text.str.strip() != "")]
+        corpus = spec.config.get("public_corpus")
+        if corpus:
+            shared = overlap(records[schema.narrative.name], corpus.get("note_hashes", []))
+            if shared:
+                raise PlanRefused(
+                    f"{shared} of this site's {len(records)} training notes are in the public "
+                    f"corpus {corpus.get('name')!r} of the narrative model's warm start: "
+                    f"pretraining on them would not be public. Run without the warm start "
+                    f"(--public-corpus none) or with a corpus that does not hold the site's notes.")
+        return records
 
     def planned(self, spec: ModelSpec, epsilon: float, delta: float, n_records: int,
                 steps: int) -> list[Entry]:
         from common.text.narrative_model import NarrativeModel
 
-        return NarrativeModel.planned_releases(spec.config, epsilon, delta, n_records, steps) if steps else []
+        return NarrativeModel.planned_releases(spec.config, epsilon, delta, n_records, steps)
 
     def check(self, spec: ModelSpec) -> None:
         from common.text.narrative_model import resolve_config

@@ -65,7 +65,8 @@ class SiteRun:
 
     def records(self, model: str) -> pd.DataFrame:
         """The train records ``model`` learns from."""
-        return family_of(self.plan.models[model]).records(self.splits["train"], self.schema)
+        spec = self.plan.models[model]
+        return family_of(spec).records(self.splits["train"], self.schema, spec)
 
     # --- privacy --------------------------------------------------------------------------
     @property

@@ -40,9 +40,11 @@ class GatedNarratives:
 
 @torch.no_grad()
 def generate_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   prompts: Sequence[str], settings: SamplingSettings) -> tuple[list[str], int]:
-    """One narrative per prompt and the number of tokens generated. Sampling draws from torch's
-    global generator: seed it (under ``torch.random.fork_rng``) for reproducible text."""
+                   prompts: Sequence[str], settings: SamplingSettings,
+                   on_batch: Callable[[int], Any] | None = None) -> tuple[list[str], int]:
+    """One narrative per prompt and the number of tokens generated; ``on_batch(n)`` after each
+    batch of n (a progress display). Sampling draws from torch's global generator: seed it
+    (under ``torch.random.fork_rng``) for reproducible text."""
     model.eval()
     device = next(model.parameters()).device
     stop = model.generation_config.eos_token_id
@@ -61,6 +63,8 @@ def generate_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             ended = row.index(stop) if stop in row else len(row)
             n_tokens += ended
             texts.append(one_line(tokenizer.decode(row[:ended], skip_special_tokens=True)))
+        if on_batch is not None:
+            on_batch(len(chunk))
     return texts, n_tokens
 
 

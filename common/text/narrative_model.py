@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from common.errors import InputError
 from common.fileio import atomic_write_text
+from common.metrics.text import embed
 from common.privacy.accountant import DEFAULT_DELTA, Entry
 from common.privacy.ledger import Ledger
 from common.privacy.planned import PlannedBudget, planned_releases
@@ -39,9 +40,12 @@ from common.text.canary import Canary, exposure, log_perplexities
 from common.text.consistency import ConsistencyChecker
 from common.text.generate import SamplingSettings, gate, generate_texts
 from common.text.lora import LoraSettings, add_lora, get_adapter_weights, set_adapter_weights
-from common.text.serialize import RecordSerializer
+from common.text.private_evolution import record_keys, vote_histogram, vote_releases
+from common.text.public_corpus import PublicCorpus
+from common.text.serialize import EXAMPLE_COLUMN, RecordSerializer
 from common.text.tokens import encode_pairs
 from common.text.trainer import LoraTrainer
+from common.text.warm_start import warm_adapter
 from common.version import __version__
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -57,12 +61,20 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lr": 2e-3,
     "max_target_tokens": 128,  # training targets are cut here
     "steps": 200,             # optimizer steps of fit()
+    # Private evolution (common.text.private_evolution): vote rounds, the share of the text budget
+    # they take (the rest goes to DP-SGD steps, if the plan has any), candidates per key per
+    # round, and how many records the coordinator draws to make them.
+    "pe": {"rounds": 0, "share": 1.0, "candidates": 4, "pool_records": 400},
+    # The public corpus of the warm start (``PublicCorpus.plan_entry``: name, sha256, note
+    # hashes), so a site can refuse a run pretrained on its own notes; null: no warm start.
+    "public_corpus": None,
     "lora": asdict(LoraSettings()),
     "sampling": asdict(SamplingSettings()),
 }
 FLAG_COLUMN = "narrative_flagged"
 LEDGER_NAME = "text-lora"  # the narrative model's spends in a site's ledger
 FILES = {"adapter": "adapter", "meta": "narrative.json", "schema": "schema.yaml"}
+_PE_KEYS = ("rounds", "share", "candidates", "pool_records")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -89,15 +101,40 @@ class NarrativeModel(PlannedBudget):
         self.model_name = name  # this model's spends in the site's ledger
         self.seed = seed  # batches when not private
         self._init_privacy(epsilon, delta, noise_seed, max_grad_norm, ledger)
-        base, self.tokenizer = load_base_model(self.config["base"], schema=schema,
-                                               dtype=_dtype(self.config["dtype"], self.device))
         self.lora = LoraSettings(**{**self.config["lora"],
                                     "target_modules": tuple(self.config["lora"]["target_modules"])})
-        self.model: PeftModel = add_lora(base, self.lora).to(self.device)
+        self._lm: tuple[PeftModel, Any] | None = None  # loaded on first use: a voting site needs none
+        self._adapter: dict[str, np.ndarray] | None = None  # weights set before the LM is loaded
+        # Private evolution's voted notes per key (text, weight): DP output, the style examples
+        # of ``sample``; empty without a PE stage.
+        self.examples: dict[str, list[tuple[str, float]]] = {}
         self.serializer = RecordSerializer(schema, self.config["fields"])
         self.checker = ConsistencyChecker(schema, self.config["gate_columns"])
         self.sampling = SamplingSettings(**self.config["sampling"])
         self.last_sample_stats: dict[str, float] = {}
+
+    # --- the language model, loaded when first needed -------------------------------------
+    @property
+    def model(self) -> PeftModel:
+        return self._language_model()[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._language_model()[1]
+
+    def _language_model(self) -> tuple[PeftModel, Any]:
+        if self._lm is None:
+            base, tokenizer = load_base_model(self.config["base"], schema=self.schema,
+                                              dtype=_dtype(self.config["dtype"], self.device))
+            self._lm = (add_lora(base, self.lora).to(self.device), tokenizer)
+            if self._adapter is not None:
+                set_adapter_weights(self._lm[0], self._adapter)
+                self._adapter = None
+        return self._lm
+
+    def warm_start(self, corpus: PublicCorpus, log: Any = None) -> None:
+        """Start from the public warm start on ``corpus`` (no privacy cost: the data are public)."""
+        self.set_weights(warm_adapter(corpus, self.config, log=log))
 
     # --- training -------------------------------------------------------------------------
     def fit(self, records: pd.DataFrame, steps: int | None = None) -> NarrativeModel:
@@ -112,9 +149,46 @@ class NarrativeModel(PlannedBudget):
     def planned_releases(config: Mapping[str, Any] | None, epsilon: float, delta: float,
                          n_records: int, planned_steps: int) -> list[Entry]:
         """What ``plan`` will release, without loading the base model (a site checks a whole
-        run against its cap with it)."""
-        return planned_releases(epsilon, delta, n_records, resolve_config(config)["batch_size"],
-                                planned_steps)
+        run against its cap with it): the private-evolution votes, then the DP-SGD steps."""
+        config = resolve_config(config)
+        votes = vote_releases(config["pe"], epsilon, delta)
+        if planned_steps == 0:
+            return votes
+        return planned_releases(epsilon, delta, n_records, config["batch_size"], planned_steps,
+                                votes)
+
+    def _reserved_releases(self, plan: dict[str, Any]) -> list[Entry]:
+        """The private-evolution votes, planned with the DP-SGD steps from one text budget."""
+        votes = vote_releases(self.config["pe"], self.epsilon, self.delta)
+        plan["pe_noise"] = votes[0][0] if votes else None
+        return votes
+
+    def release_votes(self, records: pd.DataFrame, texts: list[str], keys: list[str],
+                      round: int) -> np.ndarray:
+        """Private evolution's site half: every train note votes for its nearest candidate of
+        its own key (``common.text.private_evolution``), Gaussian noise of the planned multiplier
+        on the histogram (sensitivity 1), charged to the ledger before the noise is drawn."""
+        self._require_plan()
+        rounds = self.config["pe"]["rounds"]
+        if not 1 <= round <= rounds:
+            raise InputError(f"private-evolution round {round} is not one of the planned rounds "
+                             f"1..{rounds}.")
+        votes = vote_histogram(self._note_embeddings(records), record_keys(records, self.checker.columns),
+                               embed(texts), keys)
+        if not self.private:
+            return votes.astype(np.float64)
+        sigma = self._plan["pe_noise"]
+        self.budget.charge(sigma, 1.0, 1, round=round, note=f"PE votes {round}/{rounds}")
+        rng = np.random.default_rng(None if self.noise_seed is None else [self.noise_seed, round])
+        return votes + rng.normal(0.0, sigma, size=votes.shape)
+
+    def _note_embeddings(self, records: pd.DataFrame) -> np.ndarray:
+        """The site's train notes embedded once per process (all-MiniLM-L6-v2)."""
+        notes = _narratives(records, self.schema)
+        key = hash(tuple(notes))
+        if getattr(self, "_embedded", (None, None))[0] != key:
+            self._embedded = (key, embed(notes))
+        return self._embedded[1]
 
     def train_steps(self, records: pd.DataFrame, k: int, round: int | None = None,
                     proximal_mu: float = 0.0) -> float | None:
@@ -152,25 +226,54 @@ class NarrativeModel(PlannedBudget):
     def get_weights(self) -> dict[str, np.ndarray]:
         """What leaves the site: the trained adapter matrices (B only under FFA-LoRA), by peft's
         names."""
+        if self._lm is None and self._adapter is not None:
+            return {name: array.copy() for name, array in self._adapter.items()}
         return get_adapter_weights(self.model)
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        set_adapter_weights(self.model, weights)
+        """Into the adapter; kept until the LM loads when it has not (checked then)."""
+        if self._lm is None:
+            self._adapter = {name: np.asarray(array, dtype=np.float32).copy()
+                             for name, array in weights.items()}
+        else:
+            set_adapter_weights(self.model, weights)
 
     # --- generation -----------------------------------------------------------------------
     def prompts(self, records: pd.DataFrame) -> list[str]:
         return [self.serializer.prompt(r) for r in records.to_dict("records")]
 
-    def sample(self, records: pd.DataFrame, seed: int | None = None) -> pd.DataFrame:
+    def with_examples(self, records: pd.DataFrame, seed: int | None) -> pd.DataFrame:
+        """``records`` with an example note each (``EXAMPLE_COLUMN``), drawn from its key's voted
+        notes in proportion to their weight; unchanged without examples or when the column is
+        already there (private evolution's variations choose their own)."""
+        if not self.examples or EXAMPLE_COLUMN in records:
+            return records
+        rng = np.random.default_rng(seed)
+        chosen: list[str | None] = []
+        for key in record_keys(records, self.checker.columns):
+            pool = self.examples.get(key)
+            if not pool:
+                chosen.append(None)
+                continue
+            weights = np.array([w for _, w in pool], dtype=np.float64)
+            chosen.append(pool[int(rng.choice(len(pool), p=weights / weights.sum()))][0])
+        out = records.copy()
+        out[EXAMPLE_COLUMN] = pd.array(chosen, dtype="string")
+        return out
+
+    def sample(self, records: pd.DataFrame, seed: int | None = None,
+               progress: Any = None) -> pd.DataFrame:
         """``records`` with the narrative column written, and ``narrative_flagged`` set where the
-        gate still found the narrative inconsistent after every retry."""
+        gate still found the narrative inconsistent after every retry. ``progress(done)`` is
+        called after each batch of narratives."""
+        prompts = self.prompts(self.with_examples(records, seed))
         rows = records.to_dict("records")
-        prompts = self.prompts(records)
         generated = [0]
 
         def write(indices: list[int]) -> list[str]:
             texts, n_tokens = generate_texts(self.model, self.tokenizer,
-                                             [prompts[i] for i in indices], self.sampling)
+                                             [prompts[i] for i in indices], self.sampling,
+                                             on_batch=progress)
             generated[0] += n_tokens
             return texts
 
@@ -204,8 +307,10 @@ class NarrativeModel(PlannedBudget):
     def state_dict(self) -> dict[str, Any]:
         """What a site needs to continue after a restart: adapter, plan, optimizer and the
         accountant history (checked against the ledger on load)."""
+        unset = self._lm is None and self._adapter is None  # a voting site never loads the LM
         return {"config": self.config,
-                "adapter": {name: torch.as_tensor(w) for name, w in self.get_weights().items()},
+                "adapter": None if unset else {name: torch.as_tensor(w)
+                                               for name, w in self.get_weights().items()},
                 **self._privacy_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -216,7 +321,8 @@ class NarrativeModel(PlannedBudget):
         if state["config"] != self.config:
             raise InputError(f"the saved narrative state has config {state['config']}; build the "
                              f"model with the same config.")
-        self.set_weights({name: t.numpy() for name, t in state["adapter"].items()})
+        if state["adapter"] is not None:
+            self.set_weights({name: t.numpy() for name, t in state["adapter"].items()})
         self._restore_privacy_state(state)
 
     def save(self, folder: str | Path) -> None:
@@ -229,7 +335,8 @@ class NarrativeModel(PlannedBudget):
         meta = {"config": self.config, "epsilon": self.epsilon, "delta": self.delta,
                 "max_grad_norm": self.max_grad_norm,
                 "epsilon_spent": self.epsilon_spent(), "fedsynth_version": __version__,
-                "schema_hash": self.schema.hash}
+                "schema_hash": self.schema.hash,
+                "examples": {key: [list(e) for e in pool] for key, pool in self.examples.items()}}
         atomic_write_text(folder / FILES["meta"], json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -241,6 +348,8 @@ class NarrativeModel(PlannedBudget):
                     device=device, ledger=ledger, max_grad_norm=meta.get("max_grad_norm", 1.0))
         set_peft_model_state_dict(model.model,
                                   load_file(folder / FILES["adapter"] / "adapter_model.safetensors"))
+        model.examples = {key: [(str(t), float(w)) for t, w in pool]
+                          for key, pool in meta.get("examples", {}).items()}
         return model
 
     # --- the noise against the signal (common.privacy.signal) -----------------------------
@@ -298,8 +407,9 @@ def resolve_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
         raise InputError(f"unknown narrative config key(s) {unknown}; allowed: "
                          f"{sorted(DEFAULT_CONFIG)}.")
     resolved = {**DEFAULT_CONFIG, **config}
-    for key, settings in (("lora", LoraSettings), ("sampling", SamplingSettings)):
-        allowed = {f.name for f in fields(settings)}
+    for key, settings in (("lora", LoraSettings), ("sampling", SamplingSettings),
+                          ("pe", _PE_KEYS)):
+        allowed = set(_PE_KEYS) if settings is _PE_KEYS else {f.name for f in fields(settings)}
         extra = sorted(set(config.get(key) or {}) - allowed)
         if extra:
             raise InputError(f"unknown narrative {key} setting(s) {extra}; allowed: {sorted(allowed)}.")

@@ -19,6 +19,10 @@ from common.errors import InputError
 from common.schema import Column, Schema
 
 INSTRUCTION = "Write the emergency department triage note for this record."
+# A frame column (never a schema column) holding an example note for a record's prompt: another
+# note of the same key, in whose manner the record's note is written (warm start, private evolution).
+EXAMPLE_COLUMN = "_example_note"
+EXAMPLE_PREFIX = "example note: "
 _SERIALISED_TYPES = ("integer", "float", "categorical", "boolean", "datetime")
 
 
@@ -62,8 +66,11 @@ class RecordSerializer:
         return [c.name for c in self.columns]
 
     def prompt(self, record: Mapping[str, Any]) -> str:
-        """The user turn for ``record``: the instruction, then the known fields."""
-        return INSTRUCTION + "\n" + self.serialize(record)
+        """The user turn for ``record``: the instruction, the known fields, and the example note
+        when the record carries one (``EXAMPLE_COLUMN``)."""
+        example = record.get(EXAMPLE_COLUMN)
+        tail = "" if example is None or pd.isna(example) else f"\n{EXAMPLE_PREFIX}{example}"
+        return INSTRUCTION + "\n" + self.serialize(record) + tail
 
     def serialize(self, record: Mapping[str, Any]) -> str:
         lines = []
@@ -77,6 +84,8 @@ class RecordSerializer:
         """The fields read back from a prompt (or its serialised part); absent fields are None."""
         record: dict[str, Any] = {c.name: None for c in self.columns}
         for line in text.removeprefix(INSTRUCTION).strip().splitlines():
+            if line.startswith(EXAMPLE_PREFIX):
+                continue
             name, sep, value = line.partition(": ")
             col = self._by_words.get(name)
             if not sep or col is None:
