@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from common.run_plan import PlanRefused
 from common.stages.base import Coordinator, CoordinatorContext, Payload, Stage
@@ -69,7 +70,9 @@ class PrivateEvolutionCoordinator(Coordinator):
         """Notes for ``frame``'s records; None where the gate still rejects one."""
         from common.text.narrative_model import FLAG_COLUMN
 
-        written = self.model.sample(frame, seed=self.ctx.plan.seed + self.step)
+        with tqdm(total=len(frame), desc=f"PE candidates, round {self.step + 1}", unit="note",
+                  leave=False) as bar:
+            written = self.model.sample(frame, seed=self.ctx.plan.seed + self.step, progress=bar.update)
         return [None if flagged else str(text) for text, flagged in
                 zip(written[self.ctx.schema.narrative.name], written[FLAG_COLUMN], strict=True)]
 

@@ -72,6 +72,7 @@ def load_base_model(spec: str, *, schema: Schema | None = None,
     ``schema`` adds its column names, categories and synonyms to the tiny tokenizer's corpus.
     """
     disable_progress_bar()  # one bar per site process and round clutters a run's log
+    check_base_spec(spec)
     if spec == "tiny":
         tokenizer = _tiny_tokenizer(schema)
         model = _tiny_model(len(tokenizer), tokenizer, dtype)
@@ -79,15 +80,26 @@ def load_base_model(spec: str, *, schema: Schema | None = None,
         folder = _smollm2_folder()
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    elif spec.startswith("local:"):
-        model, tokenizer = _local(Path(spec.removeprefix("local:")).expanduser(), dtype)
     else:
-        raise InputError(f"unknown base model {spec!r}; use one of {list(SPECS)}.")
+        model, tokenizer = _local(Path(spec.removeprefix("local:")).expanduser(), dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.eos_token_id = end_of_turn_id(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def check_base_spec(spec: str) -> None:
+    """Refuse an unknown spec, or a ``local:PATH`` that is no model folder, without loading it."""
+    if spec in ("tiny", "smollm2"):
+        return
+    if not spec.startswith("local:"):
+        raise InputError(f"unknown base model {spec!r}; use one of {list(SPECS)}.")
+    path = Path(spec.removeprefix("local:")).expanduser()
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path}: not a Hugging Face model folder (no config.json). Pass "
+                         f"local:PATH with PATH the folder holding config.json, the weights and "
+                         f"the tokenizer (e.g. a MedGemma 27B text-it download).")
 
 
 def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -99,10 +111,6 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 # --- local directories -----------------------------------------------------------------------
 def _local(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path}: not a Hugging Face model folder (no config.json). Pass "
-                         f"local:PATH with PATH the folder holding config.json, the weights and "
-                         f"the tokenizer (e.g. a MedGemma 27B text-it download).")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if not tokenizer.chat_template:
         raise InputError(f"{path}: the tokenizer has no chat template; use an instruction-tuned "

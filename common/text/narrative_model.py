@@ -35,7 +35,7 @@ from common.privacy.signal import MAX_NOISE_PER_BATCH, check_noise_per_batch, no
 from common.saved_model import read_model_folder
 from common.schema import Schema
 from common.tabular.trainer import resolve_device
-from common.text.base_models import load_base_model
+from common.text.base_models import check_base_spec, load_base_model
 from common.text.canary import Canary, exposure, log_perplexities
 from common.text.consistency import ConsistencyChecker
 from common.text.generate import SamplingSettings, gate, generate_texts
@@ -101,6 +101,7 @@ class NarrativeModel(PlannedBudget):
         self.model_name = name  # this model's spends in the site's ledger
         self.seed = seed  # batches when not private
         self._init_privacy(epsilon, delta, noise_seed, max_grad_norm, ledger)
+        check_base_spec(self.config["base"])  # a bad spec fails here; the model loads when used
         self.lora = LoraSettings(**{**self.config["lora"],
                                     "target_modules": tuple(self.config["lora"]["target_modules"])})
         self._lm: tuple[PeftModel, Any] | None = None  # loaded on first use: a voting site needs none
@@ -277,6 +278,7 @@ class NarrativeModel(PlannedBudget):
             generated[0] += n_tokens
             return texts
 
+        self._language_model()  # loaded before seeding: loading draws from torch's generator
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(secrets.randbits(63) if seed is None else seed)
