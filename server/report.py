@@ -89,8 +89,9 @@ def write_report(folder: Path, report: Mapping[str, Any], synthetic: pd.DataFram
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     """Seven lines (eight with narratives) for a terminal: federated vs local-only vs centralized,
     beside the yardsticks (independent marginals, which every generator must beat, and the real
-    train split, the ceiling), on the figures that tell generators apart (pair trends, detection AUC, TSTR against
-    TRTR, membership inference, and the narratives' consistency against the real notes')."""
+    train split, the ceiling), on the figures that tell generators apart (pair trends, detection
+    AUC, TSTR against TRTR, membership inference, the narratives' consistency against the real
+    notes'), then the narratives against their ceilings and floor, then the privacy spend."""
     rows = [("federated", report["summary"]["federated"]),
             ("local-only", report["summary"]["local_only"]),
             ("centralized", report["summary"]["centralized"]),
