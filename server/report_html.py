@@ -1,8 +1,11 @@
 """report.html: a run's report.json as one self-contained page, readable offline and safe to publish.
 
-The page has inline CSS and inline SVG plots, no script and no external URL, so it opens from a
-file on an air-gapped machine. It shows only what report.json holds (aggregate figures, plot data
-already small-cell-suppressed at the sites, kept under ``report["plots"][SITE]`` as written by
+The page leads with what a coordinator needs first: a verdict (federated vs local-only vs
+centralized vs the baseline to beat, each figure beside its ceiling, the privacy spent per site and
+a few sentences saying what the figures mean), then the plots, then the full tables. It has inline
+CSS and inline SVG plots, no script and no external URL, so it opens from a file on an air-gapped
+machine. It shows only what report.json holds (aggregate figures, plot data already
+small-cell-suppressed at the sites, kept under ``report["plots"][SITE]`` as written by
 ``common.metrics.bins.plot_data``) and a sample of synthetic records; every string from the report
 or the records is escaped.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import html
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -47,36 +50,228 @@ METRIC_ROWS = (
 UTILITY_SERIES = (("TRTR", "trtr_macro_f1"), ("TSTR", "tstr_macro_f1"),
                   ("augmented", "augmented_macro_f1"))
 CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;line-height:1.4}
-h1,h2,h3{font-weight:600} table{border-collapse:collapse;margin:.5em 0 1.5em}
+body{font-family:system-ui,sans-serif;margin:1em auto;max-width:1200px;color:#222;line-height:1.4}
+h1,h2,h3{font-weight:600} h1{margin:0 0 .2em} h2{font-size:1.3em;margin:.8em 0 .3em}
+table{border-collapse:collapse;margin:.5em 0 1.5em} caption{text-align:left}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
 td.num{text-align:right;font-variant-numeric:tabular-nums} th{background:#f3f3f3}
 .grid{display:flex;flex-wrap:wrap;gap:1em} .note{color:#555;font-size:.9em}
 .legend span{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:middle}
-svg text{font-size:11px;fill:#222} nav a{margin-right:1em} summary{cursor:pointer;font-weight:600}
+svg text{font-size:11px;fill:#222} nav{font-size:.9em} nav a{margin-right:1em}
+summary{cursor:pointer;font-weight:600} p.verdict{margin:.3em 0}
+.lead{display:flex;flex-wrap:wrap;gap:0 1.5em;align-items:flex-start} .lead table{margin:.3em 0}
+.lead th,.lead td{padding:.15em .45em}
+.lead caption{caption-side:bottom;color:#555;font-size:.85em;padding-top:.2em}
 """
+
+
+class VerdictRow(NamedTuple):
+    """One row of the verdict: the figure, its ideal, the baseline it must beat, its ceiling."""
+
+    label: str
+    path: str
+    ideal: str
+    baseline: str
+    ceiling: tuple[str, str] | None  # (variant, path) of the best a generator could score
+
+
+VERDICT_RUNS = (("federated", "federated"), ("local-only", "local_only"), ("centralized", "centralized"))
+VERDICT_ROWS = (
+    VerdictRow("fidelity: pair trends", "fidelity.column_pair_trends", "1",
+               "independent_marginals", ("real_train", "fidelity.column_pair_trends")),
+    VerdictRow("fidelity: detection AUC", "fidelity.detection_auc", "0.5",
+               "independent_marginals", ("real_train", "fidelity.detection_auc")),
+    VerdictRow("utility: TSTR macro-F1", "utility.tstr_macro_f1", "ceiling",
+               "independent_marginals", ("federated", "utility.trtr_macro_f1")),
+    VerdictRow("privacy: MIA AUC", "privacy.mia_auc", "0.5", "independent_marginals", None),
+    VerdictRow("privacy: exact copies", "privacy.exact_copies", "0", "independent_marginals", None),
+    VerdictRow("narratives: consistency", "text.consistency_accuracy", "ceiling",
+               "text_floor", ("federated", "text.real_consistency_accuracy")),
+    VerdictRow("narratives: MAUVE", "text.mauve", "ceiling", "text_floor",
+               ("federated", "text.mauve_ceiling")),
+    VerdictRow("narratives: gate pass rate", "text.gate_pass_rate", "1", "text_floor", None),
+)
+VERDICT_CAPTION = ("Record-weighted means over the sites. Baseline: independent marginals (tabular), "
+                   "the narrative model without private data (narratives). Ceiling: the real train "
+                   "split, TRTR, the real notes.")
+# (name in a sentence, path, ideal): the figures on which the federated release is compared with
+# each baseline; an ideal of 0.5 means closer to 0.5 is better, None means higher is better.
+COMPARED = (("pair trends", "fidelity.column_pair_trends", None),
+            ("detection AUC", "fidelity.detection_auc", 0.5),
+            ("TSTR macro-F1", "utility.tstr_macro_f1", None),
+            ("membership-inference AUC", "privacy.mia_auc", 0.5),
+            ("narrative consistency", "text.consistency_accuracy", None),
+            ("MAUVE", "text.mauve", None))
+NARRATIVE_SHARES = (("the real notes' consistency", "consistency_accuracy", "real_consistency_accuracy"),
+                    ("the real-vs-real MAUVE", "mauve", "mauve_ceiling"))
+BASELINES = (("independent marginals", "independent_marginals"), ("local-only generators", "local_only"),
+             ("centralized training", "centralized"), ("the text floor", "text_floor"))
 
 
 def render_report_html(report: Mapping[str, Any], samples: pd.DataFrame | None = None) -> str:
     """The whole page for ``report`` (CONTRACT report.json, plus optional ``plots``) and, when
-    given, a sample of the released synthetic records (never real ones)."""
-    sections = [
-        ("run", "Run settings", _run(report.get("run") or {})),
-        ("privacy", "Privacy spent per site", _privacy(report.get("privacy") or {})),
-        ("summary", "Summary: federated vs baselines", _summary(report.get("summary") or {})),
-        ("sites", "Per-site results", _sites(report)),
-        ("utility", "Utility per site", _utility(report.get("sites") or {})),
-        ("rare-classes", "Per-class recall of the rare classes", _rare_classes(report)),
-        ("distributions", "Distributions and associations (site test splits vs synthetic)",
+    given, a sample of the released synthetic records (never real ones): the verdict first, then
+    the figures (``#figures``), then the tables (``#tables``)."""
+    verdict = [("verdict", "Verdict: federated vs baselines", _verdict(report))]
+    figures = [
+        ("utility", "Utility per site: TSTR vs TRTR", _utility(report.get("sites") or {})),
+        ("distributions", "Distributions and associations: site test splits vs synthetic",
          _plots(report.get("plots") or {})),
-        ("samples", "Synthetic records (a sample)", _samples(samples)),
+        ("rare-classes", "Rare classes: per-class recall", _rare_classes(report)),
     ]
-    nav = "".join(f'<a href="#{key}">{_esc(title)}</a>' for key, title, _ in sections)
-    body = "".join(f'<section id="{key}"><h2>{_esc(title)}</h2>{content}</section>'
-                   for key, title, content in sections)
+    tables = [
+        ("summary", "Summary: every figure, federated vs baselines", _summary(report.get("summary") or {})),
+        ("sites", "Per-site results", _sites(report)),
+        ("privacy", "Privacy spent per site", _privacy(report.get("privacy") or {})),
+        ("run", "Run settings", _run(report.get("run") or {})),
+        ("samples", "Synthetic records: a sample", _samples(samples)),
+    ]
+    nav = "".join(f'<a href="#{key}">{_esc(title.split(":")[0])}</a>'
+                  for key, title, _ in verdict + figures + tables)
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>fedsynth report</title><style>{CSS}</style></head><body>"
-            f"<h1>fedsynth report</h1><nav>{nav}</nav>{body}</body></html>\n")
+            f"<h1>fedsynth report</h1><nav>{nav}</nav>{_sections(verdict)}"
+            f'<div id="figures">{_sections(figures)}</div><div id="tables">{_sections(tables)}</div>'
+            "</body></html>\n")
+
+
+def _sections(sections: Sequence[tuple[str, str, str]]) -> str:
+    return "".join(f'<section id="{key}"><h2>{_esc(title)}</h2>{content}</section>'
+                   for key, title, content in sections)
+
+
+# --- the verdict ----------------------------------------------------------------------------
+
+def _verdict(report: Mapping[str, Any]) -> str:
+    """One screen: what the figures mean in words, the headline figures beside their baseline
+    and ceiling, and what each site spent."""
+    summary = report.get("summary") or {}
+    return (f'<p class="verdict">{_esc(" ".join(_sentences(report)))}</p>'
+            f'<div class="lead">{_verdict_table(summary)}'
+            f"{_spent((report.get('privacy') or {}).get('per_site') or {})}</div>")
+
+
+def _verdict_table(summary: Mapping[str, Any]) -> str:
+    rows = []
+    for row in VERDICT_ROWS:
+        ceiling = _lookup(summary.get(row.ceiling[0]), row.ceiling[1]) if row.ceiling else None
+        values = [_lookup(summary.get(v), row.path) for _, v in VERDICT_RUNS]
+        values += [_lookup(summary.get(row.baseline), row.path), ceiling]
+        if row.path.startswith("text.") and all(v is None for v in values):
+            continue
+        rows.append((row.label, row.ideal, *map(_fmt, values)))
+    header = ["figure", "ideal", *(label for label, _ in VERDICT_RUNS), "baseline", "ceiling"]
+    return _table(header, rows, table_id="verdict-table", caption=VERDICT_CAPTION)
+
+
+def _spent(per_site: Mapping[str, Mapping[str, Any]]) -> str:
+    columns = ("epsilon_tabular", "epsilon_text", "epsilon_total")
+    rows = [(site, *(_fmt(spent.get(c)) for c in columns)) for site, spent in per_site.items()]
+    return _table(["site", "ε tabular", "ε text", "ε run"], rows, table_id="spent",
+                  caption="Privacy spent per site; ε run: the run's releases composed.")
+
+
+def _sentences(report: Mapping[str, Any]) -> list[str]:
+    """Plain words computed from the summary: fidelity, the comparison with each baseline,
+    utility and privacy, narratives. A figure that is missing is left out, never guessed."""
+    summary = report.get("summary") or {}
+    federated = summary.get("federated") or {}
+    sentences = [_fidelity_sentence(federated, summary.get("real_train")),
+                 _comparison_sentence(federated, summary),
+                 _utility_privacy_sentence(federated, report.get("sites") or {}),
+                 _narrative_sentence(federated.get("text"))]
+    return [s for s in sentences if s] or ["No federated figures in this report."]
+
+
+def _fidelity_sentence(federated: Mapping[str, Any], real: Mapping[str, Any] | None) -> str:
+    trends = _num(_lookup(federated, "fidelity.column_pair_trends"))
+    ceiling = _num(_lookup(real, "fidelity.column_pair_trends"))
+    detection = _num(_lookup(federated, "fidelity.detection_auc"))
+    parts = []
+    if trends is not None and ceiling:
+        parts.append(f"the federated generator keeps {trends / ceiling:.0%} of the pair trends "
+                     "real data keep")
+    if detection is not None:
+        parts.append(f"a detector tells its records from real ones with AUC {_fmt(detection)} "
+                     "(0.5: indistinguishable)")
+    return _as_sentence("; ".join(parts))
+
+
+def _comparison_sentence(federated: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    clauses = [_versus(name, *_compare(federated, summary.get(variant))) for name, variant in BASELINES]
+    return _as_sentence("; ".join(c for c in clauses if c))
+
+
+def _versus(name: str, better: Sequence[str], worse: Sequence[str]) -> str:
+    if better and worse:
+        return f"it beats {name} on {_words(better)}, loses to them on {_words(worse)}"
+    if better or worse:
+        return f"it {'beats' if better else 'loses to'} {name} on {_words(better or worse)}"
+    return ""
+
+
+def _compare(federated: Mapping[str, Any], other: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
+    """The figures on which the federated release does better and worse than ``other`` (a tie
+    at the shown precision, or a figure missing on either side, is in neither)."""
+    better, worse = [], []
+    for name, path, ideal in COMPARED:
+        ours, theirs = _num(_lookup(federated, path)), _num(_lookup(other, path))
+        if ours is None or theirs is None or round(ours, 3) == round(theirs, 3):
+            continue
+        wins = abs(ours - ideal) < abs(theirs - ideal) if ideal is not None else ours > theirs
+        (better if wins else worse).append(name)
+    return better, worse
+
+
+def _utility_privacy_sentence(federated: Mapping[str, Any], sites: Mapping[str, Any]) -> str:
+    tstr = _num(_lookup(federated, "utility.tstr_macro_f1"))
+    trtr = _num(_lookup(federated, "utility.trtr_macro_f1"))
+    mia = _num(_lookup(federated, "privacy.mia_auc"))
+    parts = []
+    if tstr is not None and trtr:
+        parts.append(f"trained on its records alone, a classifier reaches {tstr / trtr:.0%} of "
+                     "real records' macro-F1")
+    if mia is not None:
+        parts.append(f"membership inference reaches AUC {_fmt(mia)} (0.5: chance)")
+    parts.append(_copies_phrase(_lookup(federated, "privacy.exact_copies"), sites))
+    return _as_sentence("; ".join(p for p in parts if p))
+
+
+def _copies_phrase(total: Any, sites: Mapping[str, Any]) -> str:
+    """Exact copies summed over the sites, or each site's count where one is suppressed."""
+    if isinstance(total, int) and not isinstance(total, bool):
+        return f"{total} synthetic rows copy a train row exactly"
+    counts = [_fmt(_lookup(m, "privacy.exact_copies")) for m in sites.values()]
+    return f"exact copies of train rows per site: {', '.join(counts)}" if counts else ""
+
+
+def _narrative_sentence(text: Mapping[str, Any] | None) -> str:
+    """The narratives as shares of their ceilings (the real notes), which the table does not show."""
+    text = text or {}
+    shares = [f"{ours / ceiling:.0%} of {name}" for name, ours, ceiling in
+              ((name, _num(text.get(key)), _num(text.get(top))) for name, key, top in NARRATIVE_SHARES)
+              if ours is not None and ceiling]
+    parts = [f"narratives reach {_words(shares)}"] if shares else []
+    gate = _num(text.get("gate_pass_rate"))
+    if gate is not None:
+        parts.append(f"{gate:.0%} passed the consistency gate")
+    return _as_sentence("; ".join(parts))
+
+
+def _as_sentence(text: str) -> str:
+    """Clauses joined as one sentence: capitalised, with its full stop; nothing stays nothing."""
+    return text[0].upper() + text[1:] + "." if text else ""
+
+
+def _words(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _num(value: Any) -> float | None:
+    """A figure as a number, or None where it is missing or suppressed ("<10")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 # --- sections -------------------------------------------------------------------------------
@@ -134,9 +329,9 @@ def _sites(report: Mapping[str, Any]) -> str:
 def _utility(sites: Mapping[str, Any]) -> str:
     series = {name: [(m.get("utility") or {}).get(key) for m in sites.values()]
               for name, key in UTILITY_SERIES}
-    return ('<p class="note">Macro-F1 of the label classifier on each site\'s real test split, '
-            "trained on real train records (TRTR), on synthetic records only (TSTR), or on real "
-            "records plus synthetic records of the rare classes (augmented).</p>"
+    return ('<p class="note">Macro-F1 on each site\'s test split of the label classifier trained on '
+            "real records (TRTR), synthetic ones (TSTR), or real plus synthetic rare classes "
+            "(augmented).</p>"
             + _hbars(list(sites), series, value_max=1.0))
 
 
@@ -226,11 +421,14 @@ def _shares(counts: Sequence[int | None], n: int) -> list[float | None]:
     return [None if c is None or not n else c / n for c in counts]
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str = "",
+           caption: str = "") -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(_cell(v, first=i == 0) for i, v in enumerate(row)) + "</tr>"
                    for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    opening = (f'<table id="{table_id}">' if table_id else "<table>") + (
+        f"<caption>{_esc(caption)}</caption>" if caption else "")
+    return f"{opening}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _cell(value: Any, first: bool) -> str:

@@ -1,9 +1,14 @@
 """report.html: one self-contained, well-formed page with every section, every site, no external
-URL and every string from the report or the records escaped."""
+URL and every string from the report or the records escaped, whose first screen in a browser holds
+the verdict and a figure."""
 
 from __future__ import annotations
 
+import shutil
+import struct
+import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,7 +24,8 @@ from simulation.ed_schema import MECHANISMS, ed_trauma_schema
 from simulation.hospitals import simulate_site
 
 SITES = ("site-1-urban_trauma", "St <Mary's> & Co")
-SECTIONS = ("run", "privacy", "summary", "sites", "utility", "rare-classes", "distributions", "samples")
+SECTIONS = ("verdict", "run", "privacy", "summary", "sites", "utility", "rare-classes", "distributions",
+            "samples")
 PLAN = RunPlan.standard("run-1", 0, "vae", rounds=3, local_steps=5, tabular_config={},
                         text_config={"base": "tiny", "max_noise_per_batch": None},
                         text_rounds=2, text_local_steps=3,
@@ -27,6 +33,12 @@ PLAN = RunPlan.standard("run-1", 0, "vae", rounds=3, local_steps=5, tabular_conf
 TABULAR_ONLY = RunPlan.standard("run-1", 0, "vae", rounds=3, local_steps=5, tabular_config={})
 RELEASE = {"sha256": "ab" * 32, "records": 1200}
 VOID = {"meta", "br", "hr", "img", "input", "link", "col", "area", "base", "wbr", "source"}
+CHROMIUM = shutil.which("chromium")  # `make test` installs it (Debian package)
+SCREEN = (1280, 900)  # the coordinator's first screen
+NARRATIVES = {"consistency_accuracy": 0.7, "real_consistency_accuracy": 0.9, "mauve": 0.4,
+              "mauve_ceiling": 0.8, "mauve_alt": 0.5, "mauve_alt_ceiling": 0.9, "distinct_2": 0.6,
+              "real_distinct_2": 0.7, "gate_pass_rate": 0.95, "canary_exposure_bits": None}
+FLOOR = {**NARRATIVES, "consistency_accuracy": 0.5, "mauve": 0.1}
 
 
 class TagChecker(HTMLParser):
@@ -146,6 +158,28 @@ def test_summary_lines_give_the_run_and_the_lifetime_spend(report) -> None:
                          "delta 1e-05")
 
 
+def scored(base: dict, pair_trends: float, detection: float, mia: float | None = 0.51) -> dict:
+    """``base`` METRICS with other fidelity and membership-inference figures."""
+    return {**base, "fidelity": {**base["fidelity"], "column_pair_trends": pair_trends,
+                                 "detection_auc": detection},
+            "privacy": {**base["privacy"], "mia_auc": mia}}
+
+
+@pytest.fixture(scope="module")
+def demo_like(report) -> dict:
+    """The demo's shape, the tallest verdict: five sites, every baseline but centralized, and
+    narratives with their floor."""
+    sites = [f"site-{i}" for i in range(1, 6)]
+    federated = {**metrics(100, 0.5), "text": NARRATIVES, "plots": report["plots"][SITES[0]]}
+    scores = {"federated": federated, "local_only": metrics(100, 0.4),
+              "independent_marginals": scored(metrics(100, 0.3), 0.6, 0.9, mia=0.5),
+              "real_train": scored(metrics(100, 0.5), 0.9, 0.52, mia=None),
+              "text_floor": {**metrics(100, 0.5), "text": FLOOR}}
+    evaluations = {site: {"scores": scores, "spend": SPENDS[SITES[0]]} for site in sites}
+    privacy = privacy_section({site: e["spend"] for site, e in evaluations.items()}, PLAN)
+    return build_report(RUN, privacy, evaluations, RELEASE)
+
+
 @pytest.fixture(scope="module")
 def page(report) -> str:
     samples = simulate_site("urban_trauma", 30, 7, SITES[0])
@@ -211,3 +245,65 @@ def test_samples_are_capped(report) -> None:
     samples = pd.DataFrame({"age": range(100), "mechanism": ["fall"] * 100})
     page = render_report_html(report, samples)
     assert "The first 20 of 100" in page
+
+
+def test_verdict_says_what_the_figures_mean(demo_like) -> None:
+    page = render_report_html(demo_like)
+    verdict = page[page.index('<section id="verdict">'):page.index('<div id="figures">')]
+    assert ("The federated generator keeps 89% of the pair trends real data keep; a detector tells "
+            "its records from real ones with AUC 0.600 (0.5: indistinguishable).") in verdict
+    assert ("It beats independent marginals on pair trends, detection AUC and TSTR macro-F1, loses "
+            "to them on membership-inference AUC; it beats local-only generators on TSTR macro-F1; "
+            "it beats the text floor on narrative consistency and MAUVE.") in verdict
+    assert "centralized training" not in verdict  # not run: no comparison, a blank column
+    assert "a classifier reaches 80% of real records&#x27; macro-F1" in verdict
+    assert "exact copies of train rows per site: &lt;10, &lt;10" in verdict  # no known sum
+    assert ("Narratives reach 78% of the real notes&#x27; consistency and 50% of the real-vs-real "
+            "MAUVE; 95% passed the consistency gate.") in verdict
+    assert ('<tr><td>narratives: MAUVE</td><td>ceiling</td><td class="num">0.400</td><td>–</td>'
+            '<td>–</td><td class="num">0.100</td><td class="num">0.800</td></tr>') in verdict
+    assert verdict.count("<tr><td>site-") == 5 and "ε text" in verdict
+
+
+def test_verdict_survives_missing_figures() -> None:
+    summary = {"federated": {"fidelity": None, "utility": {"tstr_macro_f1": SMALL}, "text": None},
+               "centralized": None, "real_train": {"fidelity": {"column_pair_trends": 0.0}}}
+    page = render_report_html({"summary": summary, "sites": {}, "privacy": {"per_site": {
+        "a": {"epsilon_tabular": 1.0, "epsilon_text": None}}}})
+    verdict = page[page.index('<section id="verdict">'):page.index('<div id="figures">')]
+    assert '<td>fidelity: pair trends</td><td class="num">1</td><td>–</td>' in verdict
+    assert "<td>utility: TSTR macro-F1</td><td>ceiling</td><td>&lt;10</td>" in verdict
+    assert "narratives:" not in verdict  # no text section: no narrative rows
+    assert '<td>a</td><td class="num">1.000</td><td>–</td><td>–</td>' in verdict
+    assert "No federated figures in this report." in verdict
+    assert "No federated figures" in render_report_html({"summary": {"federated": None}})
+
+
+def first_screen(page: str, folder: Path, hidden: str = "") -> bytes:
+    """Headless Chromium's screenshot (PNG) of the top SCREEN of ``page``, the elements matching
+    the CSS selector ``hidden`` made invisible while keeping their place, so nothing else moves
+    and the screenshot changes only if they were drawn in it."""
+    if hidden:
+        page = page.replace("</head>", f"<style>{hidden}{{visibility:hidden}}</style></head>", 1)
+    source, shot = folder / "page.html", folder / "shot.png"
+    source.write_text(page, encoding="utf-8")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={folder / 'profile'}", f"--window-size={SCREEN[0]},{SCREEN[1]}"]
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", source.as_uri()], capture_output=True,
+                   timeout=60, check=True)
+    return shot.read_bytes()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (make test installs it)")
+def test_first_screen_shows_the_whole_verdict_and_a_whole_figure(demo_like, tmp_path) -> None:
+    """Hiding what lies below the first screen leaves its screenshot byte for byte the same (so
+    the comparison is deterministic); hiding the verdict's last rows, or the first figure's last
+    mark, changes it: they are drawn within the top 900 px."""
+    page = render_report_html(demo_like)
+    shot = first_screen(page, tmp_path)
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", shot[16:24]) == SCREEN
+    assert first_screen(page, tmp_path, "#tables") == shot
+    for drawn in ("#verdict-table tbody tr:last-child", "#spent tbody tr:last-child",
+                  "#figures section:first-child svg > :last-child"):
+        assert first_screen(page, tmp_path, drawn) != shot, f"{drawn} is not on the first screen"
