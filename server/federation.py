@@ -19,6 +19,7 @@ import hashlib
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,12 +27,13 @@ from typing import Any
 
 import pandas as pd
 from flwr.serverapp import Grid
+from tqdm import tqdm
 
 from common.fileio import atomic_write_bytes, table_bytes, write_table
 from common.run_plan import RunPlan
 from common.schema import Schema
 from common.stages import stages_of
-from common.stages.base import CoordinatorContext, Payload, Stage
+from common.stages.base import Coordinator, CoordinatorContext, Payload, Stage
 from common.stages.models import family_of
 from common.synthesis import add_narratives
 from common.text.narrative_model import FLAG_COLUMN
@@ -42,6 +44,7 @@ from server.checkpoint import RunState, load_arrays, load_checkpoint, save_check
 from server.evaluation import evaluate_at_sites
 from server.handshake import QuorumError, run_handshake
 from server.messaging import send
+from server.phases import Phases
 from server.report import build_report, privacy_section, write_report
 
 log = logging.getLogger("fedsynth.server")
@@ -108,97 +111,129 @@ class FederationResult:
 
 
 def run_federation(grid: Grid, settings: FederationSettings) -> FederationResult:
-    started = time.time()
+    started, phases = time.time(), Phases(log)
     schema = Schema.load(settings.schema_path)
     plan = settings.plan
     state = (load_checkpoint(settings.checkpoint_dir) if settings.resume else None) or RunState()
-    nodes = run_handshake(grid, schema, plan, min_sites=settings.min_sites,
-                          timeout_s=settings.handshake_timeout_s,
-                          reply_timeout_s=min(settings.round_timeout_s, 300.0))
+    with phases("handshake") as phase:
+        nodes = run_handshake(grid, schema, plan, min_sites=settings.min_sites,
+                              timeout_s=settings.handshake_timeout_s,
+                              reply_timeout_s=min(settings.round_timeout_s, 300.0))
+        phase.detail = f"{len(nodes)} site(s) joined"
     models = {name: family_of(spec).build(schema, spec, plan.seed) for name, spec in plan.models.items()}
     if "text" in models and settings.corpus is not None:
-        models["text"].warm_start(settings.corpus, log=log.info)
+        with phases("narrative warm start") as phase:
+            models["text"].warm_start(settings.corpus, log=log.debug)
+            phase.detail = f"public corpus {settings.corpus.path.name}"
     ctx = CoordinatorContext(schema, plan, models, weighted_average, settings.max_update_norm,
                              {node: state.weights[name] for node, name in nodes.items()
                               if name in state.weights})
     for stage in stages_of(plan):
-        run_stage(grid, nodes, stage, ctx, settings, state)
+        with phases(f"stage {stage.name}") as phase:
+            phase.detail = run_stage(grid, nodes, stage, ctx, settings, state)
     model_dir = settings.run_dir / "model"
     for model in models.values():
         model.save(model_dir)
     if settings.synthetic_records > 0:
-        release_and_evaluate(grid, nodes, ctx, settings, state, started)
+        release_and_evaluate(grid, nodes, ctx, settings, state, started, phases)
     return FederationResult(model_dir=model_dir, sites=sorted(nodes.values()), state=state)
 
 
 def run_stage(grid: Grid, nodes: dict[int, str], stage: Stage, ctx: CoordinatorContext,
-              settings: FederationSettings, state: RunState) -> None:
-    """Every step of ``stage``, after those a checkpoint already holds."""
+              settings: FederationSettings, state: RunState) -> str:
+    """Every step of ``stage``, after those a checkpoint already holds, with a progress bar of
+    site replies (steps x sites); returns what it did, in words."""
     half = stage.coordinator(ctx)
+    resumed = ""
     if stage.name in state.stages:
         half.load_state_dict(Payload(arrays=load_arrays(settings.checkpoint_dir, stage.name),
                                      values=state.stages[stage.name]))
         log.info("%s: resuming after step %d", stage.name, half.step)
-    plan_json = ctx.plan.to_json()
-    while (request := half.request()) is not None:
-        began, step = time.monotonic(), half.step + 1
-        request.values.update({"plan": plan_json, "stage": stage.index, "step": half.step})
-        for attempt in range(settings.round_retries + 1):
-            replies = send(grid, half.recipients(list(nodes)), stage.message_type, request,
-                           settings.round_timeout_s, group=f"{stage.name}-{step}", names=nodes)
-            good = {}
-            for node, reply in sorted(replies.items()):
-                problem = half.problem(node, reply)
-                if problem:
-                    log.warning("%s step %d: reply of site %s dropped: %s", stage.name, step,
-                                nodes[node], problem)
-                    state.dropped.append(f"{stage.name} step {step}: {nodes[node]}: {problem}")
-                else:
-                    good[node] = reply
-            if len(good) >= settings.quorum:
-                break
-            log.warning("%s step %d attempt %d: %d good repl(ies), quorum %d", stage.name, step,
-                        attempt + 1, len(good), settings.quorum)
-        else:
-            raise QuorumError(f"{stage.name} step {step}: fewer than {settings.quorum} good "
-                              f"repl(ies) after {settings.round_retries + 1} attempt(s); the run "
-                              f"stops. Its checkpoint keeps every finished step: restart with "
-                              f"resume to continue.")
-        half.update(good)
-        log.info("%s step %d: %d site(s) counted", stage.name, step, len(good))
-        saved = half.state_dict()
-        state.stages[stage.name] = saved.values
-        state.weights = {nodes[node]: w for node, w in ctx.weights.items()}
-        state.step_seconds.setdefault(stage.name, []).append(time.monotonic() - began)
-        save_checkpoint(settings.checkpoint_dir, state, stage.name, saved.arrays)
+        resumed = f", resumed after step {half.step}"
+    plan_json, first = ctx.plan.to_json(), half.step
+    total = None if half.total_steps is None else (half.total_steps - first) * len(nodes)
+    with tqdm(total=total, desc=stage.name, unit="reply", leave=False) as bar:
+        while (request := half.request()) is not None:
+            _run_step(grid, nodes, stage, half, request, plan_json, settings, state, bar.update)
+    return f"{half.step - first} step(s) x {len(nodes)} site(s){resumed}"
+
+
+def _run_step(grid: Grid, nodes: dict[int, str], stage: Stage, half: Coordinator,
+              request: Payload, plan_json: str, settings: FederationSettings, state: RunState,
+              on_reply: Callable[[], object]) -> None:
+    """One step: sent (again, up to ``round_retries`` times) until a quorum of good replies,
+    folded in, checkpointed."""
+    began, step = time.monotonic(), half.step + 1
+    request.values.update({"plan": plan_json, "stage": stage.index, "step": half.step})
+    for attempt in range(settings.round_retries + 1):
+        replies = send(grid, half.recipients(list(nodes)), stage.message_type, request,
+                       settings.round_timeout_s, group=f"{stage.name}-{step}", names=nodes,
+                       on_reply=on_reply)
+        good = {}
+        for node, reply in sorted(replies.items()):
+            problem = half.problem(node, reply)
+            if problem:
+                log.warning("%s step %d: reply of site %s dropped: %s", stage.name, step,
+                            nodes[node], problem)
+                state.dropped.append(f"{stage.name} step {step}: {nodes[node]}: {problem}")
+            else:
+                good[node] = reply
+        if len(good) >= settings.quorum:
+            break
+        log.warning("%s step %d attempt %d: %d good repl(ies), quorum %d", stage.name, step,
+                    attempt + 1, len(good), settings.quorum)
+    else:
+        raise QuorumError(f"{stage.name} step {step}: fewer than {settings.quorum} good "
+                          f"repl(ies) after {settings.round_retries + 1} attempt(s); the run "
+                          f"stops. Its checkpoint keeps every finished step: restart with "
+                          f"resume to continue.")
+    half.update(good)
+    log.debug("%s step %d: %d site(s) counted", stage.name, step, len(good))
+    saved = half.state_dict()
+    state.stages[stage.name] = saved.values
+    state.weights = {nodes[node]: w for node, w in half.ctx.weights.items()}
+    state.step_seconds.setdefault(stage.name, []).append(time.monotonic() - began)
+    save_checkpoint(settings.checkpoint_dir, state, stage.name, saved.arrays)
 
 
 def release_and_evaluate(grid: Grid, nodes: dict[int, str], ctx: CoordinatorContext,
-                         settings: FederationSettings, state: RunState, started: float) -> None:
+                         settings: FederationSettings, state: RunState, started: float,
+                         phases: Phases) -> None:
     """The synthetic dataset (seeded) with its narratives, announced by its hash and scored at
     every site, and the report. A resumed run releases the same set it announced before."""
-    synthetic, data = _release(ctx, settings, state)
+    synthetic, data = _release(ctx, settings, state, phases)
     if state.release_sha256 != (sha := hashlib.sha256(data).hexdigest()):
         state.release_sha256, state.evaluations = sha, {}
         save_checkpoint(settings.checkpoint_dir, state)
-    evaluations = evaluate_at_sites(
-        grid, nodes, ctx.plan.to_json(), data, sha,
-        settings.synthetic_records if settings.local_only else 0, settings.seed,
-        settings.round_timeout_s, state, lambda: save_checkpoint(settings.checkpoint_dir, state),
-        text_floor=text_floor(ctx, settings, synthetic))
+    floor = None
+    if "text" in ctx.models:
+        with phases("text floor (no private data)") as phase:
+            floor = text_floor(ctx, settings, synthetic)
+            phase.detail = _narrated(pd.read_parquet(io.BytesIO(floor)))
+    with phases("evaluation at the sites") as phase:
+        evaluations = evaluate_at_sites(
+            grid, nodes, ctx.plan.to_json(), data, sha,
+            settings.synthetic_records if settings.local_only else 0, settings.seed,
+            settings.round_timeout_s, state, lambda: save_checkpoint(settings.checkpoint_dir, state),
+            text_floor=floor)
+        phase.detail = f"{len(evaluations)} of {len(nodes)} site(s) scored the release"
     run = {"fedsynth_version": __version__, "seed": settings.seed, "profile": settings.profile,
            "generator": settings.kind, "sites": sorted(nodes.values()), "rounds": settings.rounds,
            "duration_s": round(time.time() - started, 1),
-           "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")}
+           "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+           "phases": phases.table()}
     privacy = privacy_section({site: e["spend"] for site, e in evaluations.items()}, ctx.plan)
     release = {"sha256": sha, "records": len(synthetic)}
     write_report(settings.run_dir, build_report(run, privacy, evaluations, release), synthetic)
 
 
-def log_narratives(stats: dict[str, float], what: str) -> None:
-    log.info("%s: %d written (%d attempts, %d still flagged by the gate), %d tokens in %.0f s",
-             what, stats["records"], stats["attempts"], stats["flagged"], stats["tokens"],
-             stats["seconds"])
+def _narrated(frame: pd.DataFrame) -> str:
+    """What a narration phase wrote, in words."""
+    if FLAG_COLUMN not in frame:
+        return f"{len(frame):,} record(s), no narratives"
+    written = int(frame[FLAG_COLUMN].notna().sum())
+    return (f"{written:,} note(s) on {len(frame):,} record(s), "
+            f"{int(frame[FLAG_COLUMN].fillna(False).astype(bool).sum())} still flagged by the gate")
 
 
 def text_floor(ctx: CoordinatorContext, settings: FederationSettings,
@@ -217,14 +252,13 @@ def text_floor(ctx: CoordinatorContext, settings: FederationSettings,
     records = synthetic.drop(columns=[ctx.schema.narrative.name, FLAG_COLUMN], errors="ignore")
     narrated = add_narratives(records.iloc[:FLOOR_RECORDS], floor, None, settings.seed,
                               label="text floor")
-    log_narratives(floor.last_sample_stats, "text floor (no private data)")
     data = table_bytes(narrated)
     atomic_write_bytes(saved, data)
     return data
 
 
-def _release(ctx: CoordinatorContext, settings: FederationSettings,
-             state: RunState) -> tuple[pd.DataFrame, bytes]:
+def _release(ctx: CoordinatorContext, settings: FederationSettings, state: RunState,
+             phases: Phases) -> tuple[pd.DataFrame, bytes]:
     """The released records and their Parquet bytes (what is hashed, sent and published as
     ``synthetic.parquet``, beside ``synthetic.csv``); the saved ones when they are the release
     already announced."""
@@ -233,11 +267,14 @@ def _release(ctx: CoordinatorContext, settings: FederationSettings,
         data = saved.read_bytes()
         if hashlib.sha256(data).hexdigest() == state.release_sha256:
             return pd.read_parquet(io.BytesIO(data)), data
-    synthetic = ctx.models["tabular"].sample(settings.synthetic_records, seed=settings.seed)
+    with phases("synthesis") as phase:
+        synthetic = ctx.models["tabular"].sample(settings.synthetic_records, seed=settings.seed)
+        phase.detail = f"{len(synthetic):,} record(s) from the global tabular model"
     if "text" in ctx.models:
-        synthetic = add_narratives(synthetic, ctx.models["text"], settings.narrated_records,
-                                   settings.seed, label="narratives")
-        log_narratives(ctx.models["text"].last_sample_stats, "narratives")
+        with phases("narration") as phase:
+            synthetic = add_narratives(synthetic, ctx.models["text"], settings.narrated_records,
+                                       settings.seed, label="narratives")
+            phase.detail = _narrated(synthetic)
     data = table_bytes(synthetic)
     write_table(synthetic, settings.run_dir / "synthetic.csv")
     atomic_write_bytes(saved, data)

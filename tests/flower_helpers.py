@@ -28,14 +28,16 @@ class InProcessGrid:
         self.tamper = tamper  # optional (node, reply) -> reply, to craft bad replies
         self.sent: list[str] = []
         self.messages: list[Message] = []  # what the server sent, in order
+        self.replies: dict[str, Message] = {}  # by the id of the message each answers
         self.contexts = {node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(),
                                        run_config={}) for node, cfg in node_configs.items()}
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
 
-    def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages) -> list[str]:
+        """Deliver each message at once; its reply waits for ``pull_messages``."""
+        ids = []
         for msg in messages:
             node = msg.metadata.dst_node_id
             delivered = instruction(msg.content, msg.metadata.message_type, dst_node_id=node,
@@ -43,8 +45,13 @@ class InProcessGrid:
             self.sent.append(f"{msg.metadata.message_type}:{msg.metadata.group_id}:{node}")
             self.messages.append(msg)
             reply = self.client_app(delivered, self.contexts[node])
-            replies.append(self.tamper(node, reply) if self.tamper else reply)
-        return replies
+            self.replies[delivered.metadata.message_id] = (self.tamper(node, reply) if self.tamper
+                                                           else reply)
+            ids.append(delivered.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
 
 def ask(client_app, context, message_type: str, payload, group_id: str = ""):

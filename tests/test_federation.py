@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from client.boundary import ERROR_BUDGET
 from client.client_app import make_client_app
@@ -27,7 +27,7 @@ from server.handshake import QuorumError
 from server.settings import settings_from_run_config
 from simulation.baselines import centralized_synthetic, pooled_split
 from simulation.profiles import RunProfile
-from tests.flower_helpers import InProcessGrid, ask, instruction, site_entries
+from tests.flower_helpers import InProcessGrid, ask, site_entries
 
 TINY = {"batch_size": 32, "model": {"hidden": [32, 32], "latent_dim": 8}}
 TABULAR_ROUNDS = "2-fedavg-tabular"  # the standard plan's second stage
@@ -114,9 +114,9 @@ def _corrupt(kind: str):
             arrays[first] = arrays[first][:1]
         else:
             arrays = {k: a + 1e4 for k, a in arrays.items()}
-        content = RecordDict({"arrays": ArrayRecord({k: Array(a) for k, a in arrays.items()}),
-                              "values": ConfigRecord({"json": "{}"})})
-        return Message(content, reply_to=instruction(RecordDict(), "train.fedavg", dst_node_id=node))
+        reply.content = RecordDict({"arrays": ArrayRecord({k: Array(a) for k, a in arrays.items()}),
+                                    "values": ConfigRecord({"json": "{}"})})
+        return reply
     return tamper
 
 

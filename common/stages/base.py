@@ -64,6 +64,11 @@ class Coordinator(ABC):
     @abstractmethod
     def request(self) -> Payload | None: ...
 
+    @property
+    def total_steps(self) -> int | None:
+        """How many steps the stage takes, for a progress display; None when not known ahead."""
+        return None
+
     def recipients(self, nodes: Sequence[int]) -> list[int]:
         """The nodes this step asks (all of them unless the stage needs something of each)."""
         return list(nodes)

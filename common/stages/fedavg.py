@@ -79,6 +79,10 @@ class FedAvgCoordinator(Coordinator):
         self.model = ctx.models[stage.spec.model]
         self.weights: Arrays = self.model.get_weights()
 
+    @property
+    def total_steps(self) -> int:
+        return self.stage.rounds
+
     def request(self) -> Payload | None:
         if self.step >= self.stage.rounds:
             return None

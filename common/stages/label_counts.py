@@ -45,6 +45,8 @@ class LabelCountsCoordinator(Coordinator):
             {} if width is None else {"tables": (self.model.encoder.n_classes * width,)})
         self._sums: dict[str, np.ndarray] = {}
 
+    total_steps = 1
+
     def request(self) -> Payload | None:
         return Payload() if self.step == 0 else None
 

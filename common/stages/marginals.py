@@ -76,6 +76,10 @@ class MarginalsCoordinator(Coordinator):
         self.model: MarginalSynthesizer = ctx.models[stage.spec.model]
         self.codes: dict[int, int] = {}  # node -> site code
 
+    @property
+    def total_steps(self) -> int:
+        return self.model.steps
+
     def request(self) -> Payload | None:
         return _to_payload(self.model.query(self.step)) if self.step < self.model.steps else None
 

@@ -86,6 +86,10 @@ class PrivateEvolutionCoordinator(Coordinator):
         return CandidatePool([pool.records[i] for i in keep], [pool.keys[i] for i in keep],
                              [texts[i] for i in keep])
 
+    @property
+    def total_steps(self) -> int:
+        return self.rounds
+
     def request(self) -> Payload | None:
         if self.step >= self.rounds:
             return None
