@@ -33,10 +33,15 @@ def has_narratives(model_dir: str | Path) -> bool:
     return (Path(model_dir) / NARRATIVE_FILES["meta"]).exists()
 
 
+CPU_NARRATED = 50  # records ``fedsynth generate`` narrates by default without a GPU: about a minute
+
+
 def synthesize(model_dir: str | Path, n: int, conditions: dict[str, str] | None = None,
-               seed: int | None = None, text: bool = True) -> pd.DataFrame:
-    """``n`` synthetic records from the global tabular generator in ``model_dir``, each with a
-    narrative when ``text`` and the folder has a narrative model."""
+               seed: int | None = None, text: bool = True, narrate: int | None = None,
+               label: str | None = None) -> pd.DataFrame:
+    """``n`` synthetic records from the global tabular generator in ``model_dir``; when
+    ``text`` and the folder has a narrative model, the first ``narrate`` (None: all) get a
+    narrative, with a progress bar named ``label``."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise InputError(f"{model_dir}: model folder not found; pass the model/ folder of a run "
@@ -44,7 +49,7 @@ def synthesize(model_dir: str | Path, n: int, conditions: dict[str, str] | None 
     synthesizer = TabularFamily.load(model_dir)
     records = synthesizer.sample(n, conditions=conditions, seed=seed)
     if text and has_narratives(model_dir):
-        records = add_narratives(records, NarrativeModel.load(model_dir), None, seed)
+        records = add_narratives(records, NarrativeModel.load(model_dir), narrate, seed, label)
     return records
 
 
@@ -54,8 +59,9 @@ def add_narratives(records: pd.DataFrame, model: NarrativeModel, limit: int | No
     of them (all when None); the others keep an empty narrative and flag, so a quick CPU run
     can release many records and narrate a few. With ``label``, a progress bar (on stderr)."""
     limit = len(records) if limit is None else min(limit, len(records))
-    with tqdm(total=limit, desc=label, unit="note", disable=label is None, leave=False) as bar:
-        narrated = model.sample(records.iloc[:limit], seed=seed, progress=bar.update)
+    with tqdm(total=limit, desc=label, unit="note", disable=None if label else True,
+              leave=False) as bar:
+        narrated = model.sample(records.iloc[:limit], seed=seed, progress=bar)
     column = model.schema.narrative.name
     out = records.copy()
     out[column] = pd.array([pd.NA] * len(out), dtype="string")

@@ -16,6 +16,7 @@ from common.run_plan import DEFAULT_TABULAR_KIND as DEFAULT_GENERATOR
 from common.run_plan import MARGINAL_KINDS
 from common.run_plan import TABULAR_KINDS as GENERATORS
 from fedsynth import __version__
+from fedsynth.console import RunFailed
 
 
 def _positive_int(text: str) -> int:
@@ -74,7 +75,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 2
 
 
-def _print_run(report: dict, out: Path) -> None:
+def _print_run(report: dict, out: Path, log_path: Path) -> None:
     from server.report import summary_lines
 
     run = report["run"]
@@ -84,34 +85,43 @@ def _print_run(report: dict, out: Path) -> None:
     for line in summary_lines(report):
         print(f"  {line}")
     print(f"Report: {out / 'report.html'} (and report.json). Synthetic data: {out / 'synthetic.csv'} "
-          f"(and .parquet); global model: {out / 'model'}; ledgers: {out / 'privacy'}")
+          f"(and .parquet); global model: {out / 'model'}; ledgers: {out / 'privacy'}; "
+          f"log: {log_path} (the sites': {out / 'logs' / 'sites'})")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from fedsynth.console import run_console
     from simulation.demo import run_demo
 
-    _print_run(run_demo(out=Path(args.out), profile=args.profile, seed=args.seed,
-                        text=not args.no_text, generator=args.generator,
-                        **_public_corpus(args)), Path(args.out))
+    corpus, out = _public_corpus(args), Path(args.out)
+    print(f"fedsynth demo: {args.profile} profile, simulated hospitals -> {out}", file=sys.stderr)
+    with run_console(out, args.verbose) as log_path:
+        report = run_demo(out=out, profile=args.profile, seed=args.seed, text=not args.no_text,
+                          generator=args.generator, site_logs_to_console=args.verbose, **corpus)
+    _print_run(report, out, log_path)
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     import tempfile
 
+    from fedsynth.console import run_console
     from simulation.inputs import site_files_from
     from simulation.pipeline import run_pipeline
     from simulation.profiles import PROFILES
 
-    corpus = _public_corpus(args)  # flags first: before any data file is read
+    corpus, out = _public_corpus(args), Path(args.out)  # flags first: before any file is read
     with tempfile.TemporaryDirectory(prefix="fedsynth-sites-in-") as work:
         files = site_files_from(Path(args.data), args.site_column, Path(work))
-        report = run_pipeline(files, Path(args.schema), Path(args.out), PROFILES[args.profile],
-                              generator=args.generator, epsilon_tabular=args.epsilon_tabular,
-                              seed=args.seed, text=not args.no_text,
-                              epsilon_text=args.epsilon_text, text_model=args.text_model,
-                              **corpus)
-    _print_run(report, Path(args.out))
+        print(f"fedsynth simulate: {len(files)} site(s), {args.profile} profile -> {out}",
+              file=sys.stderr)
+        with run_console(out, args.verbose) as log_path:
+            report = run_pipeline(files, Path(args.schema), out, PROFILES[args.profile],
+                                  generator=args.generator, epsilon_tabular=args.epsilon_tabular,
+                                  seed=args.seed, text=not args.no_text,
+                                  epsilon_text=args.epsilon_text, text_model=args.text_model,
+                                  site_logs_to_console=args.verbose, **corpus)
+    _print_run(report, out, log_path)
     return 0
 
 
@@ -161,6 +171,12 @@ def _add_public_corpus(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-schema", metavar="S", help="the schema of --public-corpus")
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print Flower's, Ray's, the sites' and the libraries' messages too "
+                             "(always in OUT/logs/)")
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -176,14 +192,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from common.synthesis import has_narratives, parse_conditions, synthesize
 
     conditions = parse_conditions(args.condition)
-    frame = synthesize(args.model, args.n, conditions, seed=args.seed, text=not args.no_text)
-    if not args.no_text and not has_narratives(args.model):
+    text = not args.no_text and has_narratives(args.model)
+    if not args.no_text and not text:
         print(f"note: {args.model} holds no narrative model (a run with --no-text); these records "
               f"are tabular only.", file=sys.stderr)
+    narrate = _narrated(args.narrate, args.n) if text else 0
+    frame = synthesize(args.model, args.n, conditions, seed=args.seed, text=text,
+                       narrate=narrate, label="narratives")
     write_table(frame, args.out)
-    print(f"Wrote {len(frame)} synthetic records to {args.out}"
+    notes = "" if not text else (f", {narrate} with a narrative" if narrate < args.n
+                                 else ", each with a narrative")
+    print(f"Wrote {len(frame)} synthetic records to {args.out}{notes}"
           + (f" (conditioned on {conditions})" if conditions else "") + ".")
     return 0
+
+
+def _narrated(flag: str | None, n: int) -> int:
+    """How many records ``generate`` narrates (``--narrate N|all``; on a CPU without the flag,
+    a subset that takes about a minute), said up front."""
+    import torch
+
+    from common.synthesis import CPU_NARRATED
+
+    device = "GPU" if torch.cuda.is_available() else "CPU"
+    if flag is None:
+        count = n if device == "GPU" else min(n, CPU_NARRATED)
+    elif flag.strip().lower() == "all":
+        count = n
+    elif flag.strip().isdigit():
+        count = min(n, int(flag))
+    else:
+        raise InputError(f"--narrate {flag!r}: give a number of records or 'all'.")
+    why = (" (the default on a CPU, about a minute; --narrate all for every record)"
+           if flag is None and count < n else "")
+    print(f"Narrating {count:,} of {n:,} records on the {device}{why}; with SmolLM2 a note "
+          f"takes about a second on 2 CPU cores; the bar shows the rate and the time left.", file=sys.stderr)
+    return count
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -247,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--generator", choices=GENERATORS, default=DEFAULT_GENERATOR,
                       help=f"the tabular generator ({DEFAULT_GENERATOR})")
     _add_public_corpus(demo)
+    _add_verbose(demo)
     demo.set_defaults(func=cmd_demo)
 
     simulate = sub.add_parser("simulate", help="the federated pipeline on your own data")
@@ -270,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "MedGemma 27B text-it on a GPU)")
     simulate.add_argument("--seed", type=int, default=0)
     _add_public_corpus(simulate)
+    _add_verbose(simulate)
     simulate.set_defaults(func=cmd_simulate)
 
     warm = sub.add_parser("warm-start", help="train the narrative model's public warm start")
@@ -310,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--condition", action="append", default=[], metavar="COL=VALUE",
                      help="fix a column's value (repeatable), e.g. mechanism=drowning")
     gen.add_argument("--no-text", action="store_true", help="tabular records only, no narratives")
+    gen.add_argument("--narrate", metavar="N|all",
+                     help="how many records get a narrative (default: all on a GPU; on a CPU "
+                          "the first few dozen, about a minute); the others keep an empty one")
     gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     gen.add_argument("--out", required=True, help="output .csv or .parquet file")
     gen.set_defaults(func=cmd_generate)
@@ -348,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         message = " ".join(str(exc).split()) if "\n" not in str(exc) else str(exc)
         print(f"fedsynth {args.command}: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    except RunFailed as exc:
+        print(f"fedsynth {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("fedsynth: interrupted", file=sys.stderr)

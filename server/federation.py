@@ -152,7 +152,7 @@ def run_stage(grid: Grid, nodes: dict[int, str], stage: Stage, ctx: CoordinatorC
         resumed = f", resumed after step {half.step}"
     plan_json, first = ctx.plan.to_json(), half.step
     total = None if half.total_steps is None else (half.total_steps - first) * len(nodes)
-    with tqdm(total=total, desc=stage.name, unit="reply", leave=False) as bar:
+    with tqdm(total=total, desc=stage.name, unit="reply", leave=False, disable=None) as bar:
         while (request := half.request()) is not None:
             _run_step(grid, nodes, stage, half, request, plan_json, settings, state, bar.update)
     return f"{half.step - first} step(s) x {len(nodes)} site(s){resumed}"

@@ -24,20 +24,21 @@ def make_server_app(resolve_settings: SettingsResolver) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        # `flwr log` shows only what Flower's console handler prints; send fedsynth's lines there.
+        # `flwr log` shows only what Flower's console handler prints; send fedsynth's lines
+        # there, unless the process already routes them (the local simulation's console).
         fedsynth_log = logging.getLogger("fedsynth")
-        if console_handler not in fedsynth_log.handlers:
+        if not fedsynth_log.handlers:
             fedsynth_log.addHandler(console_handler)
-        fedsynth_log.setLevel(logging.INFO)
-        fedsynth_log.propagate = False  # one line each, not one more through the root logger
+            fedsynth_log.setLevel(logging.INFO)
+            fedsynth_log.propagate = False  # one line each, not one more through the root logger
         try:
             settings = resolve_settings(context)
             result = run_federation(grid, settings)
         except (InputError, QuorumError) as exc:
             log.error("run stopped: %s", exc)
             raise
-        log.info("run finished: %d site(s) %s; global model in %s", len(result.sites),
-                 result.sites, result.model_dir)
+        log.info("run finished: %d site(s) %s", len(result.sites), result.sites)
+        log.debug("global model in %s", result.model_dir)
 
     return app
 

@@ -14,7 +14,7 @@ from simulation.profiles import PROFILES
 
 def run_demo(out: Path, profile: str = "quick", seed: int = 0, text: bool = True,
              generator: str = DEFAULT_TABULAR_KIND, public_corpus: Path | None = DEFAULT_CORPUS,
-             public_schema: Path | None = None) -> dict:
+             public_schema: Path | None = None, site_logs_to_console: bool = False) -> dict:
     """Simulate hospitals, then run the whole federated pipeline on them (``text``: with the
     narrative model and narratives) with the tabular ``generator``."""
     settings = PROFILES[profile]
@@ -23,4 +23,4 @@ def run_demo(out: Path, profile: str = "quick", seed: int = 0, text: bool = True
         site_files = {p.stem: p for p in paths if p.suffix == ".csv"}
         return run_pipeline(site_files, Path(data) / "schema.yaml", out, settings, seed=seed,
                             text=text, generator=generator, public_corpus=public_corpus,
-                            public_schema=public_schema)
+                            public_schema=public_schema, site_logs_to_console=site_logs_to_console)

@@ -11,9 +11,11 @@ canaries planted in one site's narratives (their exposure in the global narrativ
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,6 +37,7 @@ from common.stages.site import SiteRun
 from common.text.public_corpus import DEFAULT_CORPUS, PublicCorpus, overlap
 from common.text.public_corpus import public_corpus as public_corpus_of
 from server.federation import FederationSettings
+from server.phases import Phases
 from server.report import add_variant, write_report
 from simulation.baselines import centralized_synthetic, scored_at_sites
 from simulation.canaries import canary_exposure_bits, plant_canaries
@@ -42,6 +45,7 @@ from simulation.federated import run_simulated_federation
 from simulation.profiles import RunProfile
 
 RUN_NAME = "sim"
+log = logging.getLogger("fedsynth.simulation")
 
 
 @dataclass(frozen=True)
@@ -65,21 +69,27 @@ def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, prof
                  generator: str = DEFAULT_TABULAR_KIND, epsilon_tabular: float = 3.0, seed: int = 0,
                  inspect: Inspect | None = None, text: bool = True, epsilon_text: float = 3.0,
                  text_model: str | None = None, public_corpus: Path | None = DEFAULT_CORPUS,
-                 public_schema: Path | None = None) -> dict[str, Any]:
+                 public_schema: Path | None = None,
+                 site_logs_to_console: bool = False) -> dict[str, Any]:
     """Federated training (the tabular generator, then, with ``text`` and a narrative column,
     the narrative model from its public warm start on ``public_corpus`` (None: none) by DP-LoRA
     rounds and/or private evolution, ``text_model`` overriding the profile's base) -> synthesis
     -> federated evaluation (each site scores the released set and its own local-only model,
     which spends its budget a second time, in its ledger) -> the simulation's additions (the
     centralized baseline; with narratives, the exposure of canaries planted in the first site's
-    training narratives) -> outputs in ``out``, written whole or not at all.
+    training narratives) -> outputs in ``out``, written whole or not at all, with the sites'
+    own log files in ``out/logs/sites`` (printed live with ``site_logs_to_console``). Each
+    phase logs a line and its time (``run.phases`` in the report).
     """
-    schema = Schema.load(schema_path)
-    for path in site_files.values():  # bad input stops here with the full report (exit 2)
-        load_site_data(path, schema, bad_rows="reject")
-    text = text and schema.narrative is not None and profile.has_text
-    if text and public_corpus is not None:
-        check_public_corpus(site_files, schema, public_corpus_of(public_corpus, public_schema))
+    phases = Phases(log)
+    with phases("input check") as phase:
+        schema = Schema.load(schema_path)
+        for path in site_files.values():  # bad input stops here with the full report (exit 2)
+            load_site_data(path, schema, bad_rows="reject")
+        text = text and schema.narrative is not None and profile.has_text
+        if text and public_corpus is not None:
+            check_public_corpus(site_files, schema, public_corpus_of(public_corpus, public_schema))
+        phase.detail = f"{len(site_files)} site file(s) valid"
     with tempfile.TemporaryDirectory(prefix="fedsynth-sites-") as private, staged_dir(out) as stage:
         settings = replace(simulation_settings(len(site_files), schema_path, stage, profile,
                                                generator, seed),
@@ -93,17 +103,28 @@ def run_pipeline(site_files: dict[str, Path], schema_path: Path, out: Path, prof
                                public_corpus=public_corpus, public_schema=public_schema)
         sites = simulated_sites(site_files, schema_path, Path(private) / "sites", epsilon_tabular,
                                 epsilon_text)
-        run_simulated_federation(sites, settings)
+        began = time.monotonic()
+        run_simulated_federation(sites, settings, stage / "logs" / "sites", site_logs_to_console)
         shutil.rmtree(stage / "checkpoint")  # the coordinator's resume state, not a release
         _write_ledgers(sites, stage / "privacy")
         synthetic = pd.read_parquet(stage / "synthetic.parquet")
         report = json.loads((stage / "report.json").read_text(encoding="utf-8"))
-        centralized = centralized_synthetic(site_files, schema, profile, generator, epsilon_tabular,
-                                            sites[0].site_delta, seed)
-        add_variant(report, "centralized", scored_at_sites(sites, settings.plan, centralized, seed))
+        federated = report["run"].get("phases", {})
+        phases.seconds.update(federated)
+        phases.add("simulation engine start/stop",
+                   time.monotonic() - began - sum(federated.values()),
+                   "Ray and Flower's simulation runtime, around the coordinator's phases")
+        with phases("centralized baseline") as phase:
+            centralized = centralized_synthetic(site_files, schema, profile, generator,
+                                                epsilon_tabular, sites[0].site_delta, seed)
+            add_variant(report, "centralized", scored_at_sites(sites, settings.plan, centralized, seed))
+            phase.detail = "one model on the pooled train splits, scored at every site"
         if canaries is not None:
-            _add_canary_exposure(report, stage / "model", canaries.spec, seed)
-        write_report(stage, report, synthetic)
+            with phases("canary exposure"):
+                _add_canary_exposure(report, stage / "model", canaries.spec, seed)
+        with phases("report"):
+            report["run"]["phases"] = phases.table()
+            write_report(stage, report, synthetic)
         if inspect is not None:
             inspect(SimulatedRun(
                 schema, sites, settings, synthetic,

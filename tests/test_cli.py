@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import GOOD_ROWS, write_csv
@@ -121,3 +122,23 @@ def test_ledger_show_prints_a_sites_spends_and_refuses_a_folder_without_one(tmp_
     empty = fedsynth("ledger", "show", "--state-dir", str(tmp_path / "nothing"))
     assert empty.returncode == 2 and "no privacy account" in empty.stderr
     assert "Traceback" not in empty.stderr
+
+
+def test_a_run_that_fails_says_what_in_one_paragraph_and_keeps_its_log(tmp_path: Path, capsys) -> None:
+    import logging
+
+    from fedsynth.console import RunFailed, run_console
+
+    out = tmp_path / "out"
+    with pytest.raises(RunFailed) as failed, run_console(out):
+        logging.getLogger("flwr").debug("a library's detail")
+        logging.getLogger("fedsynth.server").info("handshake done")
+        raise RuntimeError("the SuperLink went away")
+    log = tmp_path / "out-failed.log"
+    assert "RuntimeError: the SuperLink went away" in str(failed.value) and str(log) in str(failed.value)
+    assert not out.exists()
+    text = log.read_text()
+    assert "a library's detail" in text and "Traceback" in text and "handshake done" in text
+    shown = capsys.readouterr().err
+    assert "handshake done" in shown and "a library's detail" not in shown and "Traceback" not in shown
+    assert logging.getLogger("fedsynth").handlers == []  # the console's routing is undone

@@ -18,6 +18,7 @@ from common.stages.site import SiteRun
 from common.synthesis import synthesize
 from common.text.base_models import load_base_model
 from common.text.narrative_model import FLAG_COLUMN, NarrativeModel
+from fedsynth.cli import main
 from server.federation import run_federation
 from tests.flower_helpers import site_entries
 from tests.test_federation import _grid, _settings, crash_once
@@ -34,7 +35,8 @@ def _text_settings(tmp_path, schema_path, **extra):
                      text_local_steps=2, **extra)
 
 
-def test_adapters_are_averaged_saved_with_peft_and_write_narratives(tmp_path, sites, server_identity) -> None:
+def test_adapters_are_averaged_saved_with_peft_and_write_narratives(tmp_path, sites, server_identity,
+                                                                    capsys) -> None:
     schema_path, configs = sites
     grid = _grid(configs)
     settings = _text_settings(tmp_path, schema_path, synthetic_records=120, narrated_records=30)
@@ -83,6 +85,16 @@ def test_adapters_are_averaged_saved_with_peft_and_write_narratives(tmp_path, si
     generated = synthesize(result.model_dir, 5, seed=1)
     assert generated["narrative"].notna().all()
     assert "narrative" not in synthesize(result.model_dir, 5, seed=1, text=False)
+    # The command line narrates a subset when asked, says so up front, and refuses a bad count.
+    out = tmp_path / "some.csv"
+    assert main(["generate", "--model", str(result.model_dir), "--n", "6", "--narrate", "2",
+                 "--seed", "1", "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    assert "Narrating 2 of 6 records" in said.err and "2 with a narrative" in said.out
+    assert pd.read_csv(out)["narrative"].notna().tolist() == [True, True] + [False] * 4
+    assert main(["generate", "--model", str(result.model_dir), "--n", "6", "--narrate", "some",
+                 "--out", str(tmp_path / "bad.csv")]) == 2
+    assert "--narrate 'some'" in capsys.readouterr().err and not (tmp_path / "bad.csv").exists()
 
 
 def _schema(schema_path):

@@ -3,7 +3,9 @@ with the baselines (each site's local-only model, the centralized one) trained f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -18,6 +20,7 @@ from common.privacy.disclosure import rounded
 from common.privacy.ledger import LedgerEntry, epsilon_from_ledger
 from common.schema import Schema
 from common.tabular.synthesizer import TabularSynthesizer
+from fedsynth.console import run_console
 from server.report import summary_lines
 from simulation.baselines import pooled_split
 from simulation.hospitals import write_sim_data
@@ -61,10 +64,31 @@ def run(tmp_path_factory):
     def keep(simulated: SimulatedRun) -> None:
         kept.append(simulated)
 
-    report = run_pipeline(files, root / "data" / "schema.yaml", root / "out", TINY,
-                          generator="vae", epsilon_tabular=8.0, seed=4, inspect=keep,
-                          epsilon_text=5.0)
+    transcript = io.StringIO()  # what the console shows, as `fedsynth simulate` runs it
+    with contextlib.redirect_stderr(transcript), run_console(root / "out"):
+        report = run_pipeline(files, root / "data" / "schema.yaml", root / "out", TINY,
+                              generator="vae", epsilon_tabular=8.0, seed=4, inspect=keep,
+                              epsilon_text=5.0)
+    (root / "transcript.txt").write_text(transcript.getvalue())
     return root, files, report, kept[0]
+
+
+def test_the_console_shows_one_line_per_phase_and_the_log_keeps_the_rest(run) -> None:
+    root, _, report, _ = run
+    lines = (root / "transcript.txt").read_text().splitlines()
+    phases = list(report["run"]["phases"])
+    assert phases[:2] == ["input check", "handshake"] and "narration" in phases
+    assert {"stage 1-label_counts-tabular", "evaluation at the sites", "centralized baseline",
+            "canary exposure", "simulation engine start/stop"} <= set(phases)
+    for phase in phases:
+        assert sum(line.strip().startswith(phase) for line in lines) == 1, (phase, lines)
+    assert len(lines) <= 20, lines
+    for noise in ("DEBUG", "DEPRECATED", "Warning", "Traceback"):
+        assert noise not in "\n".join(lines), noise
+    log = (root / "out" / "logs" / "run.log").read_text()
+    assert " DEBUG flwr: " in log and " INFO fedsynth.server: handshake " in log
+    assert "DEPRECATED FEATURE: The `run_simulation`" not in log  # the one record filtered
+    assert any((root / "out" / "logs" / "sites").glob("worker-*.err"))
 
 
 def test_outputs_and_report(run) -> None:
@@ -259,6 +283,7 @@ def test_simulate_rejects_bad_data_and_writes_nothing(tmp_path) -> None:
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "row 3, column 'sex', value 'X'" in res.stderr
     assert not out.exists()
+    assert f"(log: {tmp_path / 'out-failed.log'})" in res.stderr  # kept beside, for the record
 
 
 def test_simulate_needs_a_site_column_for_one_file(tmp_path) -> None:

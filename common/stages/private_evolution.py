@@ -71,8 +71,8 @@ class PrivateEvolutionCoordinator(Coordinator):
         from common.text.narrative_model import FLAG_COLUMN
 
         with tqdm(total=len(frame), desc=f"PE candidates, round {self.step + 1}", unit="note",
-                  leave=False) as bar:
-            written = self.model.sample(frame, seed=self.ctx.plan.seed + self.step, progress=bar.update)
+                  leave=False, disable=None) as bar:
+            written = self.model.sample(frame, seed=self.ctx.plan.seed + self.step, progress=bar)
         return [None if flagged else str(text) for text, flagged in
                 zip(written[self.ctx.schema.narrative.name], written[FLAG_COLUMN], strict=True)]
 

@@ -265,16 +265,21 @@ class NarrativeModel(PlannedBudget):
     def sample(self, records: pd.DataFrame, seed: int | None = None,
                progress: Any = None) -> pd.DataFrame:
         """``records`` with the narrative column written, and ``narrative_flagged`` set where the
-        gate still found the narrative inconsistent after every retry. ``progress(done)`` is
-        called after each batch of narratives."""
+        gate still found the narrative inconsistent after every retry. ``progress``, a tqdm
+        bar, advances after each batch written; each retry raises its total by the notes it
+        writes again, so its rate and estimate count every note the model writes."""
         prompts = self.prompts(self.with_examples(records, seed))
         rows = records.to_dict("records")
-        generated = [0]
+        generated, passes = [0], [0]
 
         def write(indices: list[int]) -> list[str]:
+            if progress is not None and passes[0]:
+                progress.total += len(indices)
+                progress.refresh()
+            passes[0] += 1
             texts, n_tokens = generate_texts(self.model, self.tokenizer,
                                              [prompts[i] for i in indices], self.sampling,
-                                             on_batch=progress)
+                                             on_batch=None if progress is None else progress.update)
             generated[0] += n_tokens
             return texts
 
