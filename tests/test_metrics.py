@@ -147,3 +147,20 @@ def test_long_code_lists_are_pooled_for_the_classifier() -> None:
     encoded = FeatureEncoder(schema.modeled_columns).fit(real).transform(synth)
     assert len(encoded["product"].cat.categories) <= MAX_CATEGORY_CODES
     assert detection_auc(real, synth, schema) > 0.8  # more than 255 distinct codes: still runs
+
+
+def test_trtr_is_fitted_once_per_split_content(sim, monkeypatch) -> None:
+    import common.metrics.utility as utility
+
+    schema, split = sim
+    fits = []
+    real_fit = utility.train_and_score
+    monkeypatch.setattr(utility, "train_and_score", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    monkeypatch.setattr(utility, "_TRTR", {})
+    first = trtr(split["train"], split["test"], schema, seed=3)
+    assert trtr(split["train"].copy(), split["test"].copy(), schema, seed=3) == first
+    assert len(fits) == 1  # the same contents: the ceiling is not fitted again
+    changed = split["train"].iloc[::-1]  # same rows, another order: another fit
+    trtr(changed, split["test"], schema, seed=3)
+    trtr(split["train"], split["test"], schema, seed=4)
+    assert len(fits) == 3

@@ -50,7 +50,7 @@ class SiteEvaluation:
 
 
 def evaluate_site(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic: pd.DataFrame,
-                  seed: int = 0) -> SiteEvaluation:
+                  seed: int = 0, real: bool = False) -> SiteEvaluation:
     """Score ``synthetic`` against one site's train / holdout / test splits (typed frames).
 
     Fidelity and plots compare it with the test split, utility trains on train (and on synthetic
@@ -59,7 +59,9 @@ def evaluate_site(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic:
     augmentation pool are random draws even from a file sorted by class. Text metrics
     (``text.text_metrics``) score the synthetic narratives against the site's train and test
     narratives (and its holdout notes, for MAUVE's ceiling); ``text`` is None when the synthetic
-    set or a split has too few narratives.
+    set or a split has too few narratives. ``real``: ``synthetic`` is real records scored as a
+    yardstick (``real_train``), so privacy and text figures (which would describe those records)
+    and plots are left out (None, empty) rather than computed and dropped.
     """
     check_sizes(splits, synthetic)
     train, holdout, test = (splits[name] for name in SPLITS)
@@ -69,14 +71,19 @@ def evaluate_site(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic:
     for key in RECALLS:  # every class of the schema: an absent class looks like a small one
         utility[key] = {c: utility[key][c] if support.get(c, 0) >= MIN_CELL else None
                         for c in schema.label.categories}
-    privacy = privacy_metrics(train, holdout, synthetic, schema, seed)
-    privacy["exact_copies"] = small_count(privacy["exact_copies"])
+    if real:
+        privacy = dict.fromkeys(("exact_copies", "dcr_overfitting_protection", "mia_auc"))
+    else:
+        privacy = privacy_metrics(train, holdout, synthetic, schema, seed)
+        privacy["exact_copies"] = small_count(privacy["exact_copies"])
     metrics = {"n_train": rounded(len(train)), "n_test": rounded(len(test)),
                "fidelity": fidelity_metrics(test, synthetic, schema, seed),
                "utility": utility,
                "privacy": privacy,
-               "text": text_metrics(schema, train, test, synthetic, seed, holdout=holdout)}
-    return SiteEvaluation(jsonable(metrics), jsonable(plot_data(test, synthetic, schema)))
+               "text": None if real else text_metrics(schema, train, test, synthetic, seed,
+                                                      holdout=holdout)}
+    plots = {} if real else plot_data(test, synthetic, schema)
+    return SiteEvaluation(jsonable(metrics), jsonable(plots))
 
 
 def evaluate_text(schema: Schema, splits: Mapping[str, pd.DataFrame], synthetic: pd.DataFrame,
