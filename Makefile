@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 # Two workers, one test module each at a time (module fixtures stay whole; the one Ray
 # simulation module runs alone): most tests use one core, so two share the machine's two.
 test: install browser
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 # The report page's render test drives Debian's headless Chromium (no browser download).
 browser:
