@@ -66,3 +66,21 @@ def test_site_can_ask_to_be_excluded(tmp_path, schema_path, good_csv, schema) ->
 def test_missing_node_config_is_a_refusal(schema) -> None:
     answer = _call({}, schema.hash)
     assert not answer["accepted"] and "could not take part" in answer["reason"]
+
+
+def test_a_site_process_parses_its_file_once_and_again_when_it_changes(tmp_path, schema_path,
+                                                                       monkeypatch) -> None:
+    import common.stages.site as site
+    from common.site_config import SiteConfig
+
+    parsed = []
+    real_load = site.load_site_data
+    monkeypatch.setattr(site, "load_site_data", lambda *a, **k: parsed.append(1) or real_load(*a, **k))
+    data = write_csv(tmp_path / "north.csv", GOOD_ROWS)
+    config = SiteConfig(name="north", data_path=data, schema_path=schema_path,
+                        state_dir=tmp_path / "state")
+    first = site.SiteRun(config, PLAN).data
+    again = site.SiteRun(config, PLAN).data
+    assert len(parsed) == 1 and first.equals(again) and first is not again
+    write_csv(data, GOOD_ROWS[:-1])  # the site's file is replaced: read again
+    assert len(site.SiteRun(config, PLAN).data) == len(first) - 1 and len(parsed) == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,23 @@ from common.stages.base import Payload
 from common.stages.models import family_of
 
 STATE_FILE = "state.pt"
+# What a site process parsed and validated, kept for its life (a run sends a site a dozen
+# messages, each built into a SiteRun): by file path, modification time and size, so an edited
+# file is read again.
+_PARSED: dict[tuple[Any, ...], Any] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = Path(path).stat()
+    return str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size
+
+
+def _kept(key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    if key not in _PARSED:
+        if len(_PARSED) >= 32:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = make()
+    return _PARSED[key]
 
 
 class SiteRun:
@@ -40,7 +58,8 @@ class SiteRun:
 
     def __init__(self, config: SiteConfig, plan: RunPlan, schema: Schema | None = None) -> None:
         self.config, self.plan = config, plan
-        self.schema = schema or Schema.load(config.schema_path)
+        self.schema = schema or _kept(("schema", *_file_key(config.schema_path)),
+                                      lambda: Schema.load(config.schema_path))
         self.delta = config.site_delta
         self.account = SiteAccount(config.state_dir, config.data_path, config.epsilon_total,
                                    self.delta)
@@ -49,9 +68,13 @@ class SiteRun:
     # --- data -----------------------------------------------------------------------------
     @cached_property
     def data(self) -> pd.DataFrame:
-        """The site's file, validated against the schema (bad rows by the site's own policy)."""
-        frame = load_site_data(self.config.data_path, self.schema, bad_rows=self.config.bad_rows,
-                               quarantine_path=self.config.state_dir / "quarantine.csv")
+        """The site's file, validated against the schema (bad rows by the site's own policy);
+        parsed once per process while the file is unchanged."""
+        key = ("data", *_file_key(self.config.data_path), self.schema.hash, self.config.bad_rows,
+               str(self.config.state_dir))
+        frame = _kept(key, lambda: load_site_data(
+            self.config.data_path, self.schema, bad_rows=self.config.bad_rows,
+            quarantine_path=self.config.state_dir / "quarantine.csv")).copy()
         if len(frame) > self.config.max_records:
             raise InputError(f"{self.config.data_path}: {len(frame)} records, more than the site's "
                              f"public bound max-records={self.config.max_records}, from which its "

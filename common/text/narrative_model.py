@@ -71,6 +71,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lora": asdict(LoraSettings()),
     "sampling": asdict(SamplingSettings()),
 }
+_EMBEDDED: dict[int, np.ndarray] = {}  # sites' train notes embedded in this process, by their hash
 FLAG_COLUMN = "narrative_flagged"
 LEDGER_NAME = "text-lora"  # the narrative model's spends in a site's ledger
 FILES = {"adapter": "adapter", "meta": "narrative.json", "schema": "schema.yaml"}
@@ -184,12 +185,15 @@ class NarrativeModel(PlannedBudget):
         return votes + rng.normal(0.0, sigma, size=votes.shape)
 
     def _note_embeddings(self, records: pd.DataFrame) -> np.ndarray:
-        """The site's train notes embedded once per process (all-MiniLM-L6-v2)."""
+        """The site's train notes embedded once per process (all-MiniLM-L6-v2): a site builds
+        its model anew for every message, and every vote round embeds the same notes."""
         notes = _narratives(records, self.schema)
         key = hash(tuple(notes))
-        if getattr(self, "_embedded", (None, None))[0] != key:
-            self._embedded = (key, embed(notes))
-        return self._embedded[1]
+        if key not in _EMBEDDED:
+            if len(_EMBEDDED) >= 16:  # a simulation's process serves several sites in turn
+                _EMBEDDED.pop(next(iter(_EMBEDDED)))
+            _EMBEDDED[key] = embed(notes)
+        return _EMBEDDED[key]
 
     def train_steps(self, records: pd.DataFrame, k: int, round: int | None = None,
                     proximal_mu: float = 0.0) -> float | None:
