@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from flwr.serverapp import Grid
+from tqdm import tqdm
 
 from common.stages.base import Payload
 from server.checkpoint import RunState
@@ -36,8 +37,10 @@ def evaluate_at_sites(grid: Grid, nodes: dict[int, str], plan_json: str, release
     blobs = {"release": release} if text_floor is None else {"release": release, "text_floor": text_floor}
     request = Payload(values={"plan": plan_json, "seed": seed, "local_only_records": local_only_records},
                       blobs=blobs)
-    scored = send(grid, [n for n in pending if n in announced], "evaluate.release", request,
-                  timeout_s, group="release-evaluate", names=nodes)
+    asked = [n for n in pending if n in announced]
+    with tqdm(total=len(asked), desc="sites evaluated", unit="site", leave=False, disable=None) as bar:
+        scored = send(grid, asked, "evaluate.release", request, timeout_s, group="release-evaluate",
+                      names=nodes, on_reply=bar.update)
     state.evaluations.update({nodes[node]: reply.values for node, reply in scored.items()})
     save()
     missing = sorted(set(nodes.values()) - set(state.evaluations))
