@@ -486,8 +486,11 @@ def test_evaluate_at_sites_sends_the_floor_beside_the_release(monkeypatch) -> No
 
     sent: dict[str, Payload] = {}
 
-    def fake_send(grid, nodes, message_type, payload, timeout_s, group="", names=None):
+    def fake_send(grid, nodes, message_type, payload, timeout_s, group="", names=None,
+                  on_reply=None):
         sent[message_type] = payload
+        for _ in nodes if on_reply is not None else ():
+            on_reply()
         return {node: Payload(values={"announced": "x"} if message_type == "query.announce" else
                               {"scores": {}, "spend": {}}) for node in nodes}
 
